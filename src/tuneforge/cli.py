@@ -1,0 +1,171 @@
+"""``tuneforge`` command line.
+
+Heavy libraries (torch, transformers, peft) are imported inside the commands that need them, so
+``tuneforge --help`` and ``tuneforge validate`` answer in a fraction of a second. User errors
+(``TuneforgeError``) print one clear message and exit with status 2; only bugs show a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="tuneforge: from text data and a pretrained transformer to a better, verified task model.",
+    pretty_exceptions_enable=False,
+)
+
+OVERRIDES = typer.Argument(None, help="Recipe overrides, key.path=value (e.g. train.learning_rate=1e-4).",
+                           show_default=False)
+
+
+def _err(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", markup=True)
+
+
+def _guard(fn, *args, **kwargs):
+    """Run a command body, turning user errors into a message and exit code 2."""
+    from tuneforge.errors import TuneforgeError
+
+    try:
+        return fn(*args, **kwargs)
+    except TuneforgeError as exc:
+        _err(str(exc))
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        _err("interrupted; a run can continue from its last checkpoint with --resume")
+        raise typer.Exit(130) from None
+
+
+def _load(recipe: Path, overrides: Optional[List[str]]):
+    from tuneforge.recipe import load_recipe
+
+    return load_recipe(recipe, overrides or [])
+
+
+@app.command()
+def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."), overrides: Optional[List[str]] = OVERRIDES,
+             explain: bool = typer.Option(False, "--explain", help="Also list every key with its default.")):
+    """Check a recipe (keys, types, cross-field rules, data files exist) without running anything."""
+    def body():
+        from tuneforge.errors import DataError
+        from tuneforge.recipe import describe_fields
+
+        cfg = _load(recipe, overrides)
+        for key, path in (("data.train_file", cfg.data.train_file), ("data.validation_file", cfg.data.validation_file)):
+            if path is not None and not Path(path).is_file():
+                raise DataError(f"{key}: data file not found: {path}")
+        print(f"{recipe}: valid (run directory {cfg.run_dir})")
+        if explain:
+            for key, default, desc in describe_fields():
+                print(f"  {key} = {default}\n      {desc}")
+    _guard(body)
+
+
+def _train_command(recipe: Path, overrides, resume: bool, overwrite: bool, export: bool):
+    def body():
+        cfg = _load(recipe, overrides)
+        if not export:
+            cfg = cfg.model_copy(update={"export": cfg.export.model_copy(update={"enabled": False})})
+        from tuneforge.train.run import train
+
+        result = train(cfg, resume=resume, overwrite=overwrite)
+        if result.halted:
+            print(f"halted at step {result.global_step}/{result.total_steps}; continue with: "
+                  f"tuneforge {'run' if export else 'train'} {recipe} --resume")
+            return
+        if result.metrics:
+            print(f"dev accuracy: {result.metrics['accuracy']:.4f}")
+        if result.export_dir:
+            print(f"exported model: {result.export_dir}")
+        print(f"run directory: {result.run_dir}")
+    _guard(body)
+
+
+RESUME = typer.Option(False, "--resume", help="Continue from the run's last checkpoint (same data order and RNG).")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing run directory of the same name.")
+
+
+@app.command()
+def run(recipe: Path = typer.Argument(..., help="Recipe YAML file."), overrides: Optional[List[str]] = OVERRIDES,
+        resume: bool = RESUME, overwrite: bool = OVERWRITE):
+    """The whole pipeline: prepare data, train, evaluate the best checkpoint, export and verify."""
+    _train_command(recipe, overrides, resume, overwrite, export=True)
+
+
+@app.command("train")
+def train_cmd(recipe: Path = typer.Argument(..., help="Recipe YAML file."), overrides: Optional[List[str]] = OVERRIDES,
+              resume: bool = RESUME, overwrite: bool = OVERWRITE):
+    """Prepare data and train, keeping checkpoints and the evaluation; no export (see `tuneforge export`)."""
+    _train_command(recipe, overrides, resume, overwrite, export=False)
+
+
+@app.command()
+def prepare(recipe: Path = typer.Argument(..., help="Recipe YAML file."), overrides: Optional[List[str]] = OVERRIDES):
+    """Read, check and split the recipe's data; write rejected rows and a summary; train nothing."""
+    def body():
+        import json
+
+        from tuneforge.data.prepare import prepare_classification
+
+        cfg = _load(recipe, overrides)
+        out = cfg.run_dir / "data"
+        out.mkdir(parents=True, exist_ok=True)
+        data = prepare_classification(cfg.data, cfg.seed, out / "rejected.jsonl")
+        summary = data.summary()
+        (out / "data_summary.json").write_text(json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2))
+        print(f"{len(data.rejected)} rejected rows -> {out / 'rejected.jsonl'}")
+    _guard(body)
+
+
+@app.command()
+def evaluate(model_dir: Path = typer.Argument(..., help="An exported model directory."),
+             data_file: Path = typer.Argument(..., help="Labelled data: .csv/.tsv/.jsonl/.json/.parquet."),
+             overrides: Optional[List[str]] = OVERRIDES):
+    """Evaluate any exported classifier on a labelled file: eval.json, eval.md, confusion_matrix.png.
+
+    Options as overrides: text_column, label_column, batch_size, max_length, output_dir, allow_pickle.
+    """
+    def body():
+        from tuneforge.evaluate.command import EvaluateConfig, run_evaluate
+        from tuneforge.config_io import load_config
+
+        cfg = load_config(EvaluateConfig, None, overrides, base={"model_dir": str(model_dir),
+                                                                  "data_file": str(data_file)})
+        metrics, out = run_evaluate(cfg)
+        print(f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f} on "
+              f"{metrics['num_examples']} examples; report: {out / 'eval.md'}")
+    _guard(body)
+
+
+@app.command()
+def export(run_dir: Path = typer.Argument(..., help="A run directory (runs/<name>) with a best checkpoint."),
+           overrides: Optional[List[str]] = OVERRIDES):
+    """Export a run's best checkpoint: LoRA merged, safetensors, tokenizer, model card; verified.
+
+    Options as overrides: output_dir, verify.
+    """
+    def body():
+        from tuneforge.config_io import load_config
+        from tuneforge.export.command import ExportConfig, run_export
+
+        cfg = load_config(ExportConfig, None, overrides, base={"run_dir": str(run_dir)})
+        out = run_export(cfg)
+        print(f"exported model: {out}")
+    _guard(body)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""PNG plots: confusion matrix and training curves.
+
+matplotlib is imported inside the functions (it costs ~0.5 s and the CLI must start fast). We draw
+on ``matplotlib.figure.Figure`` with an Agg canvas instead of pyplot: no window can ever open, and
+no figure is left registered in pyplot's global state (which leaks memory in long runs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+_DPI = 120
+# Long label names are shortened on the axes so they cannot squeeze the matrix itself.
+_MAX_TICK_LABEL_CHARS = 24
+
+
+def _new_figure(width: float, height: float):
+    """A Figure bound to the Agg canvas, independent of pyplot."""
+    import matplotlib
+
+    # Select Agg as asked for headless use, but only while pyplot is not loaded: switching the
+    # backend under an already-imported pyplot (a notebook, say) would close the user's figures.
+    # Our figures do not depend on the backend either way, since they get their own Agg canvas.
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # bbox_inches="tight" on top of tight_layout: a safety net so long rotated labels never clip.
+    fig.savefig(path, dpi=_DPI, bbox_inches="tight", format="png")
+    return path
+
+
+def _short(label: str) -> str:
+    label = str(label)
+    if len(label) <= _MAX_TICK_LABEL_CHARS:
+        return label
+    return label[: _MAX_TICK_LABEL_CHARS - 1] + "…"
+
+
+# --------------------------------------------------------------------------- confusion matrix
+
+
+def plot_confusion_matrix(
+    cm: Sequence[Sequence[int]],
+    label_names: Sequence[str],
+    path: Path,
+    *,
+    title: str = "Confusion matrix",
+) -> Path:
+    """Heatmap of ``cm`` (rows = true, cols = predicted) with counts and row percentages."""
+    import numpy as np
+
+    counts = np.asarray(cm, dtype=np.int64)
+    n = len(label_names)
+    if counts.shape != (n, n):
+        raise ValueError(f"confusion matrix shape {counts.shape} does not match {n} label names")
+    row_share = _row_normalised(counts)
+
+    # Grow the canvas with the number of classes so cell text stays readable.
+    side = min(max(4.5, 0.75 * n + 2.5), 30.0)
+    fig = _new_figure(side + 1.2, side)
+    ax = fig.add_subplot()
+    # Colour by row share, not raw count: with imbalanced classes raw counts would make every
+    # small class look pale even when it is classified perfectly.
+    image = ax.imshow(row_share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    colorbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    colorbar.set_label("share of true class")
+
+    ticks = list(range(n))
+    ax.set_xticks(ticks, labels=[_short(x) for x in label_names])
+    ax.set_yticks(ticks, labels=[_short(x) for x in label_names])
+    ax.tick_params(axis="x", labelrotation=45 if n > 3 else 0)
+    for tick in ax.get_xticklabels():
+        tick.set_horizontalalignment("right" if n > 3 else "center")
+    ax.set_xlabel("Predicted")
+    ax.set_ylabel("True")
+    ax.set_title(title)
+    _annotate_cells(ax, counts, row_share)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _row_normalised(counts):
+    """Each row divided by its total; all-zero rows (class absent from the data) stay 0."""
+    import numpy as np
+
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)
+
+
+def _annotate_cells(ax, counts, row_share) -> None:
+    n = counts.shape[0]
+    if n > 40:  # the text would be unreadable; the colours still tell the story
+        return
+    # Cells stay ~0.75 in wide until the canvas cap (~36 classes), so the text need not shrink
+    # much; 8 pt still fits "100.0%" in the ~0.7 in cells of a 40-class matrix.
+    fontsize = 10 if n <= 16 else 8
+    row_totals = counts.sum(axis=1)
+    for i in range(n):
+        for j in range(n):
+            text = str(int(counts[i, j]))
+            if row_totals[i] > 0:
+                text += f"\n{100.0 * row_share[i, j]:.1f}%"
+            # White text on dark cells, black on light ones.
+            colour = "white" if row_share[i, j] > 0.5 else "black"
+            ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=fontsize)
+
+
+# --------------------------------------------------------------------------- loss curves
+
+
+def plot_loss_curves(metrics_jsonl: Path, path: Path) -> Path | None:
+    """Train/eval loss (and eval accuracy/macro-F1 if logged) against step.
+
+    Returns None and writes nothing when there is nothing to plot: no train records, or no file
+    at all (a run that ended before its first logging step should not fail on its plot).
+    """
+    records = _read_jsonl(Path(metrics_jsonl))
+    train_loss = _series(records, "train", "loss")
+    if not train_loss:
+        return None
+    eval_loss = _series(records, "eval", "loss")
+    eval_scores = {
+        name: series
+        for name in ("accuracy", "macro_f1")
+        if (series := _series(records, "eval", name))
+    }
+
+    rows = 2 if "accuracy" in eval_scores else 1
+    fig = _new_figure(8.0, 4.0 * rows)
+    axes = fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
+    _draw_losses(axes[0], train_loss, eval_loss)
+    if rows == 2:
+        _draw_scores(axes[1], eval_scores)
+    axes[-1].set_xlabel("Step")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """Parse JSON objects one per line, skipping anything malformed (a run killed mid-write
+    leaves a truncated last line, and that must not cost us the whole plot)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _series(records: list[dict], kind: str, key: str) -> list[tuple[float, float]]:
+    """(step, value) pairs sorted by step, keeping only finite numbers.
+
+    If a step appears twice (a run resumed from a checkpoint re-logs it) the later record wins.
+    NaN/inf losses are dropped: they would wreck the axis scale and divergence is reported
+    elsewhere.
+    """
+    by_step: dict[float, float] = {}
+    for record in records:
+        if record.get("kind") != kind:
+            continue
+        step, value = record.get("step"), record.get(key)
+        if _is_finite_number(step) and _is_finite_number(value):
+            by_step[float(step)] = float(value)
+    return sorted(by_step.items())
+
+
+def _is_finite_number(value) -> bool:
+    # bool is an int subclass; True is never a step or a loss.
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _ema(values: list[float], span: int) -> list[float]:
+    """Exponential moving average, bias-corrected so the curve does not start near zero."""
+    alpha = 2.0 / (span + 1.0)
+    smoothed, running, weight = [], 0.0, 0.0
+    for value in values:
+        running = (1 - alpha) * running + alpha * value
+        weight = (1 - alpha) * weight + alpha
+        smoothed.append(running / weight)
+    return smoothed
+
+
+def _draw_losses(ax, train_loss, eval_loss) -> None:
+    steps, losses = zip(*train_loss)
+    if len(losses) > 20:
+        # Raw per-step loss is noisy; show it faintly with a smoothed trend on top.
+        ax.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=1, label="train loss")
+        span = max(5, len(losses) // 20)
+        ax.plot(steps, _ema(list(losses), span), color="tab:blue", linewidth=2,
+                label=f"train loss (EMA, span {span})")
+    else:
+        ax.plot(steps, losses, color="tab:blue", marker=".", label="train loss")
+    if eval_loss:
+        eval_steps, eval_values = zip(*eval_loss)
+        ax.plot(eval_steps, eval_values, color="tab:orange", marker="o", linestyle="--",
+                label="eval loss")
+    ax.set_ylabel("Loss")
+    ax.set_title("Loss")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best")
+    ax.tick_params(axis="x", labelbottom=True)  # sharex hides these on the top subplot
+
+
+def _draw_scores(ax, eval_scores: dict[str, list[tuple[float, float]]]) -> None:
+    styles = {"accuracy": ("tab:green", "o"), "macro_f1": ("tab:purple", "s")}
+    for name, series in eval_scores.items():
+        steps, values = zip(*series)
+        colour, marker = styles[name]
+        ax.plot(steps, values, color=colour, marker=marker, label=f"eval {name}")
+    ax.set_ylabel("Score")
+    ax.set_title("Evaluation")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best")

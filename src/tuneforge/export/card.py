@@ -1,0 +1,73 @@
+"""The exported model's ``README.md``: what it was trained on, how, and how well it does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _metrics_table(metrics: dict) -> str:
+    rows = ["| metric | value |", "|---|---|"]
+    for key in ("accuracy", "macro_f1", "macro_precision", "macro_recall", "loss"):
+        if key in metrics:
+            rows.append(f"| {key} | {metrics[key]:.4f} |")
+    per_class = metrics.get("per_class") or {}
+    if per_class:
+        rows += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        for name, m in per_class.items():
+            rows.append(f"| {name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |")
+    return "\n".join(rows)
+
+
+def write_model_card(out_dir: Path, *, recipe_yaml: str, recipe, data_summary: dict, manifest: dict,
+                     metrics: dict, verification: dict | None, params: str) -> Path:
+    files = "\n".join(f"- `{path}`: sha256 `{info['sha256'][:16]}…`, {info['bytes']:,} bytes"
+                      for path, info in manifest.get("data_files", {}).items())
+    labels = ", ".join(f"`{i}` = {name}" for i, name in enumerate(data_summary["label_names"]))
+    verified = ("not run" if verification is None else
+                f"{100 * verification['prediction_agreement']:.2f}% prediction agreement with the trained model "
+                f"on {verification['examples']} validation examples, max |logit difference| "
+                f"{verification['max_abs_logit_diff']:.2e}")
+    text = f"""---
+library_name: transformers
+pipeline_tag: text-classification
+tags: [tuneforge, text-classification]
+---
+
+# {recipe.name}
+
+Sequence classifier fine-tuned with tuneforge from `{recipe.model.name}`
+(method: {recipe.method}; {params}). LoRA adapters, if any, are merged: this folder is a plain
+`transformers` model.
+
+```python
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+model = AutoModelForSequenceClassification.from_pretrained("{out_dir.name}")
+tokenizer = AutoTokenizer.from_pretrained("{out_dir.name}")
+```
+
+## Labels
+{labels}
+
+## Data
+- training rows: {data_summary['train_rows']:,}; validation rows: {data_summary['validation_rows']:,}
+  (validation: {data_summary['validation_source']})
+- rejected rows (see the run's `rejected.jsonl`): {data_summary['rejected_rows']}
+{files}
+
+## Validation metrics (best checkpoint, step {metrics.get('step', '?')}, fp32)
+{_metrics_table(metrics)}
+
+## Export verification
+{verified}
+
+## Reproduce
+Seed {recipe.seed}; git commit `{manifest.get('git', {}).get('commit')}`; torch {manifest['packages'].get('torch')},
+transformers {manifest['packages'].get('transformers')}, peft {manifest['packages'].get('peft')}.
+
+```yaml
+{recipe_yaml.rstrip()}
+```
+"""
+    path = out_dir / "README.md"
+    path.write_text(text, encoding="utf-8")
+    return path

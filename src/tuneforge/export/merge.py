@@ -1,0 +1,61 @@
+"""Write a standalone model: LoRA merged into the base weights, safetensors, tokenizer, label names.
+
+The export must load with plain ``AutoModelForSequenceClassification.from_pretrained(dir)``, with no
+tuneforge and no peft installed, and predict exactly like the trained model; ``verify_export``
+checks the second part on the validation set and the result goes into the model card.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tuneforge.errors import TuneforgeError
+
+
+def merged_model(model):
+    """A plain transformers model: PEFT adapters folded into the weights (W + scale * B @ A)."""
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return model
+    if isinstance(model, PeftModel):
+        return model.merge_and_unload()
+    return model
+
+
+def save_export(model, tokenizer, out_dir: Path) -> Path:
+    """Save ``model`` (already merged) and ``tokenizer`` to ``out_dir`` as safetensors."""
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def verify_export(export_dir: Path, reference_logits, encoded, *, pad_id: int, batch_size: int = 64,
+                  min_agreement: float = 1.0) -> dict:
+    """Reload the export the way a user would and compare its predictions with the trained model's."""
+    from transformers import AutoModelForSequenceClassification
+
+    from tuneforge.evaluate.predict import predict
+
+    reloaded = AutoModelForSequenceClassification.from_pretrained(export_dir, use_safetensors=True)
+    got = predict(reloaded, encoded, batch_size=batch_size, pad_id=pad_id, precision="fp32")
+    agree = (got.logits.argmax(-1) == reference_logits.argmax(-1)).float().mean().item()
+    max_diff = (got.logits - reference_logits).abs().max().item() if len(got.logits) else 0.0
+    report = {"examples": len(encoded), "prediction_agreement": agree, "max_abs_logit_diff": max_diff,
+              "min_agreement": min_agreement, "passed": agree >= min_agreement}
+    (export_dir / "verification.json").write_text(json.dumps(report, indent=2))
+    if not report["passed"]:
+        raise TuneforgeError(
+            f"export verification failed: the reloaded export agrees with the trained model on "
+            f"{100 * agree:.2f}% of {len(encoded)} validation examples (need {100 * min_agreement:.2f}%); "
+            f"max |logit difference| {max_diff:.3g}. See {export_dir / 'verification.json'}"
+        )
+    return report

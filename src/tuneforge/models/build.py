@@ -1,0 +1,159 @@
+"""Build the task model a recipe asks for: pretrained body + new head, frozen parts, optional LoRA."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from tuneforge.errors import TuneforgeError
+from tuneforge.models.resolve import ResolvedModel, model_load_kwargs
+
+# Where the stack of transformer blocks lives in common architectures (BERT, RoBERTa, Llama, GPT-2,
+# DistilBERT); freezing "the first N layers" needs that list.
+_LAYER_PATHS = ("encoder.layer", "layers", "h", "transformer.layer", "block", "encoder.layers")
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    trainable: int
+    total: int
+
+    def __str__(self) -> str:
+        share = 100.0 * self.trainable / max(self.total, 1)
+        return f"trainable parameters: {self.trainable:,} / {self.total:,} ({share:.2f}%)"
+
+
+def count_parameters(model) -> ParamCount:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return ParamCount(trainable, total)
+
+
+def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        # decoder-only models (Llama, GPT-2) ship without a pad token; padding is masked out anyway.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_classifier(resolved: ResolvedModel, label_names: list[str], *, trust_remote_code: bool = False,
+                    pad_token_id: int | None = None):
+    """Pretrained body with a freshly initialised classification head for ``label_names``."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    # transformers warns at length that the new head "should be trained": that is the point here.
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            resolved.path,
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={name: i for i, name in enumerate(label_names)},
+            **model_load_kwargs(resolved, trust_remote_code=trust_remote_code),
+        )
+    finally:
+        hf_logging.set_verbosity(previous)
+    if pad_token_id is not None and model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_token_id
+    logging.getLogger(__name__).debug("loaded %s", type(model).__name__)
+    return model
+
+
+def _find_layers(body):
+    for path in _LAYER_PATHS:
+        node = body
+        try:
+            for part in path.split("."):
+                node = getattr(node, part)
+        except AttributeError:
+            continue
+        if hasattr(node, "__len__") and len(node) > 0:
+            return node
+    raise TuneforgeError(
+        f"freeze: cannot find the transformer layers of {type(body).__name__} (looked for {', '.join(_LAYER_PATHS)})"
+    )
+
+
+def _embeddings(body):
+    emb = getattr(body, "embeddings", None) or getattr(body, "embed_tokens", None) or getattr(body, "wte", None)
+    if emb is None:
+        emb = body.get_input_embeddings()
+    return emb
+
+
+def apply_freeze(model, policy) -> None:
+    """Freeze per the recipe: 'none', 'embeddings', 'all_but_head' or an object with ``first_n_layers``.
+
+    The head is whatever does not belong to the base model (e.g. ``classifier``, ``score``), so this
+    works across architectures without a per-model list.
+    """
+    if policy == "none":
+        return
+    body = model.base_model
+    if policy == "all_but_head":
+        for param in body.parameters():
+            param.requires_grad_(False)
+        return
+    for param in _embeddings(body).parameters():
+        param.requires_grad_(False)
+    if policy == "embeddings":
+        return
+    n = policy.first_n_layers
+    layers = _find_layers(body)
+    if n > len(layers):
+        raise TuneforgeError(f"freeze.first_n_layers: got {n}, but the model has only {len(layers)} layers")
+    for layer in layers[:n]:
+        for param in layer.parameters():
+            param.requires_grad_(False)
+
+
+def apply_lora(model, lora_cfg):
+    """Wrap with PEFT LoRA; the classification head stays fully trainable (modules_to_save)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=lora_cfg.r,
+        lora_alpha=lora_cfg.alpha,
+        lora_dropout=lora_cfg.dropout,
+        target_modules=lora_cfg.target_modules,
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise TuneforgeError(f"lora.target_modules: {exc}") from None
+
+
+def build_model(recipe, resolved: ResolvedModel, label_names: list[str], pad_token_id: int | None):
+    """The model a recipe trains, with its parameter count."""
+    model = load_classifier(
+        resolved, label_names, trust_remote_code=recipe.model.trust_remote_code, pad_token_id=pad_token_id
+    )
+    if recipe.method == "lora":
+        model = apply_lora(model, recipe.lora)
+    else:
+        apply_freeze(model, recipe.freeze)
+    return model, count_parameters(model)
+
+
+def trainable_state_dict(model) -> dict:
+    """Only the parameters training changes: enough to restore the best checkpoint, and for LoRA a few MB
+    instead of the whole model. Frozen weights are by definition identical to the loaded ones."""
+    return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state_dict(model, state: dict) -> None:
+    params = dict(model.named_parameters())
+    missing = [name for name, p in params.items() if p.requires_grad and name not in state]
+    if missing:
+        raise RuntimeError(f"checkpoint lacks trainable parameters: {missing[:5]}")
+    import torch
+
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))

@@ -1,0 +1,243 @@
+"""The recipe: one YAML file that says what to train, on what, how, and where results go.
+
+Every section is a pydantic model with ``extra="forbid"`` so a misspelt key fails before any work,
+and every field carries its default and a description (``tuneforge validate`` and the docs print
+them). Cross-field rules live in ``model_validator(mode="after")`` so they see defaults too.
+
+This module imports only pydantic and yaml: the CLI uses it to validate a recipe in well under a
+second, without torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tuneforge.config_io import load_config
+
+# Metrics a run can select its best checkpoint / stop early on, and whether bigger is better.
+# Kept here (not in tuneforge.evaluate) so validating a recipe needs no scientific stack.
+SELECTABLE_METRICS = {
+    "accuracy": "max",
+    "macro_f1": "max",
+    "macro_precision": "max",
+    "macro_recall": "max",
+    "loss": "min",
+}
+
+
+class Section(BaseModel):
+    """Base for every recipe section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class ModelSection(Section):
+    name: str = Field(
+        "minilm-l6",
+        description="Built-in alias (minilm-l6, smollm2-135m), a local directory with config.json and "
+        "safetensors weights, or a Hugging Face Hub id (only when the Hub is reachable).",
+    )
+    allow_pickle: bool = Field(
+        False,
+        description="Allow loading pickle weights (pytorch_model.bin). Pickle can run arbitrary code: "
+        "only enable for files you trust.",
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run Python code shipped with a Hub model. Off unless you trust the repository."
+    )
+    max_length: int = Field(128, ge=8, le=8192, description="Truncate inputs to this many tokens.")
+
+
+class DataSection(Section):
+    train_file: Path = Field(..., description="Training data: .csv, .tsv, .jsonl, .json or .parquet.")
+    validation_file: Path | None = Field(
+        None,
+        description="Validation data. When absent, a seeded stratified split of train_file "
+        "(validation_fraction) is held out.",
+    )
+    format: Literal["csv", "tsv", "jsonl", "json", "parquet"] | None = Field(
+        None, description="File format; default: from the file suffix."
+    )
+    text_column: str = Field("text", description="Column holding the input text.")
+    label_column: str = Field("label", description="Column holding the label (name or integer index).")
+    label_names: list[str] | None = Field(
+        None,
+        description="Class names in index order, e.g. [negative, positive]. Labels in the data may be these "
+        "names or their integer indices. Default: inferred from the training file.",
+    )
+    validation_fraction: float = Field(
+        0.1, gt=0.0, lt=1.0, description="Share of train_file held out when validation_file is absent."
+    )
+    max_rejected_fraction: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="Fail the run when more than this share of rows in any file is rejected "
+        "(rejected rows always go to rejected.jsonl with their line and reason).",
+    )
+    max_train_samples: int | None = Field(
+        None, ge=1, description="Use only the first N training rows (after the split); for quick runs."
+    )
+
+    @model_validator(mode="after")
+    def _labels_unique(self) -> "DataSection":
+        if self.label_names is not None:
+            if len(self.label_names) < 2:
+                raise ValueError("data.label_names needs at least 2 classes")
+            if len(set(self.label_names)) != len(self.label_names):
+                raise ValueError(f"data.label_names has duplicates: {self.label_names}")
+        return self
+
+
+class FirstNLayers(Section):
+    first_n_layers: int = Field(..., ge=1, description="Freeze the embeddings and the first N transformer layers.")
+
+
+FreezePolicy = Union[Literal["none", "embeddings", "all_but_head"], FirstNLayers]
+
+
+class LoraSection(Section):
+    r: int = Field(8, ge=1, le=1024, description="LoRA rank.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the LoRA branch input.")
+    target_modules: list[str] | None = Field(
+        None,
+        description="Module names to adapt, e.g. [query, value]. Default: PEFT's choice for the architecture.",
+    )
+
+
+class TrainSection(Section):
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data (fractions allowed).")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps; overrides epochs for the schedule."
+    )
+    batch_size: int = Field(
+        32,
+        ge=1,
+        description="Global examples per micro-batch, summed over all processes (the same recipe gives the "
+        "same batch under accelerate launch).",
+    )
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    eval_batch_size: int = Field(64, ge=1, description="Examples per evaluation batch.")
+    learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate.")
+    optimizer: Literal["adamw", "sgd", "adafactor"] = Field("adamw", description="Optimizer.")
+    weight_decay: float = Field(0.01, ge=0, description="Decoupled weight decay (not applied to biases/norms).")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="Learning-rate decay after warmup."
+    )
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps spent warming up linearly.")
+    warmup_steps: int | None = Field(None, ge=0, description="Warmup steps; overrides warmup_ratio.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip gradients to this global norm; null: off.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Autocast dtype. auto: bf16 on GPUs and CPUs with native bf16, fp16 on older GPUs, else fp32.",
+    )
+    group_by_length: bool = Field(
+        True, description="Batch examples of similar length together (shuffled) to cut padding."
+    )
+    eval_every_steps: int | None = Field(
+        None, ge=1, description="Evaluate every N optimizer steps; default: at the end of every epoch."
+    )
+    metric_for_best: str = Field("accuracy", description="Validation metric that picks the best checkpoint.")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after N evaluations without improvement of metric_for_best; null: off."
+    )
+    log_every_steps: int = Field(10, ge=1, description="Write a metrics.jsonl training record every N steps.")
+    halt_after_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after N steps as if interrupted, leaving a checkpoint for --resume "
+        "(time-boxed or preemptible jobs, and the resume test).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainSection":
+        if self.metric_for_best not in SELECTABLE_METRICS:
+            raise ValueError(
+                f"train.metric_for_best: unknown metric {self.metric_for_best!r}; "
+                f"allowed: {', '.join(SELECTABLE_METRICS)}"
+            )
+        if "warmup_steps" in self.model_fields_set and "warmup_ratio" in self.model_fields_set:
+            raise ValueError("train: set warmup_steps or warmup_ratio, not both")
+        return self
+
+
+class ExportSection(Section):
+    enabled: bool = Field(True, description="Write a merged, standalone model to <run>/export after training.")
+    verify: bool = Field(
+        True, description="Reload the export with plain transformers and check it predicts like the trained model."
+    )
+
+
+class Recipe(Section):
+    """A complete fine-tuning recipe (``tuneforge run``)."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name: runs/<name>/.")
+    seed: int = Field(42, description="Seed for the split, initialisation, data order and dropout.")
+    output_dir: Path = Field(Path("runs"), description="Parent folder of run directories.")
+    task: Literal["classification"] = Field(
+        "classification", description="Task head. classification: single-label sequence classification."
+    )
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection
+    method: Literal["full", "lora"] = Field("lora", description="full: train all (unfrozen) weights; lora: PEFT LoRA.")
+    lora: LoraSection = Field(default_factory=LoraSection)
+    freeze: Annotated[FreezePolicy, Field(union_mode="left_to_right")] = Field(
+        "none",
+        description="Frozen weights for method full: none, embeddings, all_but_head, or {first_n_layers: N}.",
+    )
+    train: TrainSection = Field(default_factory=TrainSection)
+    export: ExportSection = Field(default_factory=ExportSection)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Recipe":
+        if self.method == "full" and "lora" in self.model_fields_set:
+            raise ValueError("lora: settings given but method is 'full'; set method: lora or remove the lora section")
+        if self.method == "lora" and self.freeze != "none":
+            raise ValueError(
+                "freeze: must be 'none' with method 'lora' (LoRA already freezes every base weight); "
+                f"got {self._freeze_text()}"
+            )
+        if self.data.validation_file is None and "validation_fraction" not in self.data.model_fields_set:
+            pass  # the default fraction applies; nothing to check
+        if self.data.validation_file is not None and "validation_fraction" in self.data.model_fields_set:
+            raise ValueError("data.validation_fraction is only used without data.validation_file; remove one")
+        return self
+
+    def _freeze_text(self) -> str:
+        return self.freeze if isinstance(self.freeze, str) else f"first_n_layers: {self.freeze.first_n_layers}"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / self.name
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply ``key.path=value`` overrides, validate. Raises RecipeError."""
+    return load_config(Recipe, path, overrides)
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    """The fully resolved recipe (defaults included), as written to runs/<name>/recipe.yaml."""
+    import yaml
+
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def describe_fields(model: type[BaseModel] = Recipe, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key path, default, description) for every field, recursively; used by the docs and `validate --explain`."""
+    rows: list[tuple[str, str, str]] = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.extend(describe_fields(ann, key + "."))
+            continue
+        default: Any = "required" if field.is_required() else field.get_default(call_default_factory=True)
+        rows.append((key, str(default), field.description or ""))
+    return rows

@@ -1,0 +1,244 @@
+"""``train(recipe) -> TrainResult``: the one entry point the CLI, the tuner and the tests share.
+
+Order matters and is chosen so that cheap checks fail first: recipe (already validated), run
+directory, data (read, quarantined, split), model resolution, and only then the expensive model load
+and training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tuneforge.errors import TuneforgeError
+from tuneforge.recipe import Recipe, recipe_to_yaml
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict  # validation metrics of the best checkpoint, fp32
+    best_step: int | None
+    global_step: int
+    total_steps: int
+    halted: bool  # stopped by train.halt_after_steps; --resume continues
+    train_seconds: float
+    examples_per_s: float
+    params: dict
+    export_dir: Path | None = None
+    verification: dict | None = None
+    history: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["run_dir"] = str(self.run_dir)
+        out["export_dir"] = str(self.export_dir) if self.export_dir else None
+        return out
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """Identity of a run for --resume: everything but the halt point, which is allowed to change."""
+    data = recipe.model_dump(mode="json")
+    data["train"].pop("halt_after_steps", None)
+    data["export"] = None  # exporting or not does not change training
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, is_main: bool) -> None:
+    if resume:
+        if not (run_dir / "checkpoints" / "last").exists():
+            raise TuneforgeError(f"--resume: {run_dir} has no checkpoint to resume from")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise TuneforgeError(
+                f"run directory {run_dir} already exists; use --resume to continue it, --overwrite to "
+                "replace it, or name=<new name> for a new run"
+            )
+        if is_main:
+            shutil.rmtree(run_dir)
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _make_accelerator(requested_precision: str):
+    import torch
+    from accelerate import Accelerator
+
+    from tuneforge.train.precision import resolve_precision
+
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    precision = resolve_precision(requested_precision, device_type)
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    return Accelerator(mixed_precision=mixed), precision
+
+
+def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """Fine-tune per ``recipe``; evaluate the best checkpoint; export if ``recipe.export.enabled``."""
+    from accelerate.utils import gather_object, set_seed
+
+    from tuneforge.data.prepare import encode, prepare_classification
+    from tuneforge.models.build import build_model, load_tokenizer
+    from tuneforge.models.resolve import resolve_model
+    from tuneforge.train.checkpoint import TrainState, load_best, load_last
+    from tuneforge.train.loop import LoopInputs, train_loop
+    from tuneforge.train.manifest import build_manifest
+    from tuneforge.train.optim import build_optimizer, build_scheduler
+
+    run_dir = recipe.run_dir
+    accelerator, precision = _make_accelerator(recipe.train.precision)
+    is_main = accelerator.is_main_process
+    say = _console().print if is_main else (lambda *a, **k: None)
+    _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, is_main=is_main)
+    accelerator.wait_for_everyone()
+    r_hash = recipe_hash(recipe)
+    if is_main:
+        (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+
+    # --- data: fails fast, before any model is loaded
+    data = prepare_classification(recipe.data, recipe.seed, run_dir / "rejected.jsonl" if is_main else None)
+    say(f"data: {len(data.train):,} train / {len(data.validation):,} validation rows, labels "
+        f"{data.label_names}; {len(data.rejected)} rejected"
+        + (f" (see {run_dir / 'rejected.jsonl'})" if data.rejected else ""))
+
+    resolved = resolve_model(recipe.model.name, allow_pickle=recipe.model.allow_pickle)
+    set_seed(recipe.seed)
+    tokenizer = load_tokenizer(resolved, recipe.model.trust_remote_code)
+    train_enc = encode(tokenizer, data.train, recipe.model.max_length)
+    val_enc = encode(tokenizer, data.validation, recipe.model.max_length)
+    model, params = build_model(recipe, resolved, data.label_names, tokenizer.pad_token_id)
+    say(f"model: {recipe.model.name} ({resolved.source}: {resolved.path}); method {recipe.method}; {params}")
+
+    cfg = recipe.train
+    batches_per_epoch = math.ceil(len(train_enc) / cfg.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps)
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+
+    manifest = build_manifest(recipe, [Path(p) for p in data.files], device_type=accelerator.device.type,
+                              world_size=accelerator.num_processes, precision=precision, recipe_hash=r_hash)
+    ckpt_dir = run_dir / "checkpoints"
+    metrics_file = run_dir / "metrics.jsonl"
+    if resume:
+        state = load_last(accelerator, ckpt_dir, r_hash)
+        if is_main:
+            _truncate_metrics(metrics_file, state.global_step)
+        say(f"resumed from step {state.global_step} (epoch {state.epoch})")
+    else:
+        state = TrainState(recipe_hash=r_hash)
+    if is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    say(f"training: {total_steps} steps ({steps_per_epoch}/epoch), global batch {cfg.batch_size} x "
+        f"{cfg.gradient_accumulation_steps} accumulation, {accelerator.num_processes} process(es) on "
+        f"{accelerator.device.type}, precision {precision}")
+
+    def evaluate(m) -> dict:
+        from tuneforge.evaluate.metrics import classification_metrics
+        from tuneforge.evaluate.predict import predict
+
+        # The unwrapped module (still autocast when mixed precision is on) avoids DDP collectives in eval.
+        preds = predict(accelerator.unwrap_model(m), val_enc, batch_size=cfg.eval_batch_size,
+                        pad_id=tokenizer.pad_token_id, device=accelerator.device,
+                        rank=accelerator.process_index, world_size=accelerator.num_processes, gather=gather_object)
+        out = classification_metrics(data.validation.labels, preds.labels, data.label_names)
+        out["loss"] = preds.loss
+        return out
+
+    start = time.perf_counter()
+    inputs = LoopInputs(accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
+                        train=train_enc, pad_id=tokenizer.pad_token_id, cfg=cfg, seed=recipe.seed,
+                        precision=precision, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                        evaluate=evaluate, ckpt_dir=ckpt_dir, metrics_file=metrics_file)
+    state = train_loop(inputs, state)
+    seconds = time.perf_counter() - start
+    examples_per_s = _examples_per_s(metrics_file)
+    halted = not state.finished
+
+    result = TrainResult(run_dir=run_dir, metrics={}, best_step=state.best_step, global_step=state.global_step,
+                         total_steps=total_steps, halted=halted, train_seconds=round(seconds, 2),
+                         examples_per_s=examples_per_s, params=asdict(params), history=state.history)
+    if halted:
+        accelerator.wait_for_everyone()
+        return result
+
+    # --- final evaluation of the best checkpoint, in fp32, on one process
+    base = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    if is_main:
+        result = _finish(recipe, base, tokenizer, val_enc, data, ckpt_dir, metrics_file, manifest, params,
+                         result, say)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return result
+
+
+def _finish(recipe, base, tokenizer, val_enc, data, ckpt_dir, metrics_file, manifest, params, result, say):
+    from tuneforge.evaluate.metrics import classification_metrics
+    from tuneforge.evaluate.plots import plot_loss_curves
+    from tuneforge.evaluate.predict import predict
+    from tuneforge.evaluate.report import write_eval_report
+    from tuneforge.train.checkpoint import load_best
+
+    run_dir = recipe.run_dir
+    best = load_best(base, ckpt_dir)
+    preds = predict(base, val_enc, batch_size=recipe.train.eval_batch_size, pad_id=tokenizer.pad_token_id,
+                    precision="fp32")
+    metrics = classification_metrics(data.validation.labels, preds.labels, data.label_names)
+    metrics["loss"] = preds.loss
+    metrics["step"] = best["step"] if best else result.global_step
+    write_eval_report(metrics, run_dir / "eval", title=f"{recipe.name}: validation",
+                      extra={"validation": data.validation_source, "checkpoint_step": metrics["step"],
+                             "model": recipe.model.name, "method": recipe.method})
+    plot_loss_curves(metrics_file, run_dir / "loss.png")
+    result.metrics = metrics
+    say(f"validation accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f} "
+        f"(best step {metrics['step']}); report: {run_dir / 'eval' / 'eval.md'}")
+    if recipe.export.enabled:
+        from tuneforge.export.card import write_model_card
+        from tuneforge.export.merge import merged_model, save_export, verify_export
+
+        export_dir = save_export(merged_model(base), tokenizer, run_dir / "export")
+        verification = None
+        if recipe.export.verify:
+            verification = verify_export(export_dir, preds.logits, val_enc, pad_id=tokenizer.pad_token_id,
+                                         batch_size=recipe.train.eval_batch_size)
+        write_model_card(export_dir, recipe_yaml=recipe_to_yaml(recipe), recipe=recipe,
+                         data_summary=data.summary(), manifest=manifest, metrics=metrics,
+                         verification=verification, params=str(params))
+        result.export_dir, result.verification = export_dir, verification
+        say(f"exported model: {export_dir}" + (
+            f" (verified: {100 * verification['prediction_agreement']:.1f}% agreement, max |Δlogit| "
+            f"{verification['max_abs_logit_diff']:.1e})" if verification else ""))
+    (run_dir / "result.json").write_text(json.dumps(result.to_json(), indent=2))
+    return result
+
+
+def _truncate_metrics(metrics_file: Path, step: int) -> None:
+    """Drop records logged after the checkpoint we resume from; the resumed run logs them again."""
+    if not metrics_file.exists():
+        return
+    keep = [line for line in metrics_file.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    metrics_file.write_text("".join(line + "\n" for line in keep))
+
+
+def _examples_per_s(metrics_file: Path) -> float:
+    if not metrics_file.exists():
+        return 0.0
+    rates = [json.loads(line).get("examples_per_s") for line in metrics_file.read_text().splitlines() if line]
+    rates = [r for r in rates if r]
+    return round(sum(rates) / len(rates), 2) if rates else 0.0
