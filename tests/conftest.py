@@ -88,8 +88,9 @@ def make_recipe(tmp_path, tiny_model_dir, toy_data):
             "data": {"train_file": str(train_file), "validation_file": str(dev_file),
                      "text_column": "sentence", "label_column": "label", "label_names": ["negative", "positive"]},
             "method": "full",
-            "train": {"epochs": 2, "batch_size": 16, "learning_rate": 3e-3, "eval_every_steps": 4,
-                      "log_every_steps": 1, "precision": "fp32", "warmup_ratio": 0.0},
+            # 6 epochs x 6 steps at a constant 3e-3: enough for the tiny model to separate the toy data
+            "train": {"epochs": 6, "batch_size": 16, "learning_rate": 3e-3, "eval_every_steps": 12,
+                      "log_every_steps": 1, "precision": "fp32", "warmup_ratio": 0.0, "scheduler": "constant"},
             "export": {"enabled": False},
         }
         return Recipe.model_validate(apply_overrides(base, list(overrides)))

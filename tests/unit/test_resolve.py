@@ -54,7 +54,7 @@ def hf_cache(tmp_path, monkeypatch):
     return cache
 
 
-# --- aliases ---------------------------------------------------------------------------------------
+# --- aliases --------------------------------------------------------------------------------------
 
 
 def test_alias_table():
@@ -129,7 +129,8 @@ def test_smollm2_alias_converts_once_then_reuses(tmp_path, monkeypatch):
     r1 = resolve_model("smollm2-135m", cache_dir=cache)
     r2 = resolve_model("smollm2-135m", cache_dir=cache)
     assert calls == [cache / "smollm2-135m"]
-    assert r1 == r2 == ResolvedModel("smollm2-135m", (cache / "smollm2-135m").resolve(), "alias", "safetensors")
+    want = ResolvedModel("smollm2-135m", (cache / "smollm2-135m").resolve(), "alias", "safetensors")
+    assert r1 == r2 == want
 
     # A different GGUF (package upgraded) invalidates the cached conversion.
     gguf.write_bytes(b"GGUF" + b"\1" * 100)
@@ -189,7 +190,10 @@ def test_converter_writes_marker_last_and_moves_into_place(tmp_path, monkeypatch
         assert not (out / gguf_convert.MARKER_NAME).exists()
         (out / "config.json").write_text("{}")
         (out / "model.safetensors").write_bytes(b"x")
-        return {"converter_version": gguf_convert.CONVERTER_VERSION, "source": gguf_convert.gguf_fingerprint(gguf_file)}
+        return {
+            "converter_version": gguf_convert.CONVERTER_VERSION,
+            "source": gguf_convert.gguf_fingerprint(gguf_file),
+        }
 
     monkeypatch.setattr(gguf_convert, "_convert_into", fake)
     out = tmp_path / "out"
@@ -198,7 +202,7 @@ def test_converter_writes_marker_last_and_moves_into_place(tmp_path, monkeypatch
     assert json.loads((out / "conversion.json").read_text())["seconds"] >= 0
 
 
-# --- local directories -------------------------------------------------------------------------------
+# --- local directories ----------------------------------------------------------------------------
 
 
 def test_local_dir_with_safetensors(tmp_path):
@@ -208,8 +212,9 @@ def test_local_dir_with_safetensors(tmp_path):
 
 
 def test_local_dir_with_sharded_safetensors(tmp_path):
-    d = _model_dir(tmp_path, "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
-    index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    d = _model_dir(tmp_path, *shards)
+    index = {"weight_map": {"a": shards[0], "b": shards[1]}}
     (d / "model.safetensors.index.json").write_text(json.dumps(index))
     assert resolve_model(str(d)).weights_format == "safetensors"
 
@@ -297,7 +302,7 @@ def test_relative_dir_name_without_separator(tmp_path, monkeypatch):
     assert r.source == "local" and r.path == (tmp_path / "model").resolve()
 
 
-# --- Hub ids ---------------------------------------------------------------------------------------------
+# --- Hub ids --------------------------------------------------------------------------------------
 
 
 def test_hub_id_offline_names_id_and_aliases(hf_cache):
@@ -305,7 +310,8 @@ def test_hub_id_offline_names_id_and_aliases(hf_cache):
         resolve_model("bert-base-uncased", offline=True)
     msg = str(e.value)
     assert msg.startswith(
-        "cannot download model 'bert-base-uncased': the Hugging Face Hub is not reachable (offline)."
+        "cannot download model 'bert-base-uncased': "
+        "the Hugging Face Hub is not reachable (offline). "
     )
     assert "minilm-l6 (all-MiniLM-L6-v2 (BERT encoder, 22.7M params))" in msg
     assert "smollm2-135m (SmolLM2-135M-Instruct" in msg
@@ -333,9 +339,9 @@ def test_offline_from_env_and_probe(hf_cache, monkeypatch):
 
 
 def test_typo_of_alias_suggests_it(hf_cache):
-    with pytest.raises(ModelResolutionError, match="Did you mean 'minilm-l6'\\?"):
+    with pytest.raises(ModelResolutionError, match="did you mean 'minilm-l6'\\?"):
         resolve_model("minilm-l7", offline=True)
-    with pytest.raises(ModelResolutionError, match="Did you mean 'smollm2-135m'\\?"):
+    with pytest.raises(ModelResolutionError, match="did you mean 'smollm2-135m'\\?"):
         resolve_model("smollm2-135", offline=True)
 
 
@@ -371,15 +377,15 @@ def test_hub_offline_uses_cached_snapshot(tmp_path, monkeypatch):
     import huggingface_hub
 
     snap = _model_dir(tmp_path, "model.safetensors")
-    monkeypatch.setattr(
-        huggingface_hub,
-        "snapshot_download",
-        lambda repo_id, *, allow_patterns, local_files_only: str(snap) if local_files_only else 1 / 0,
-    )
+    def cache_only(repo_id, *, allow_patterns, local_files_only):
+        assert local_files_only  # offline: must not try the network
+        return str(snap)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", cache_only)
     assert resolve_model("org/model", offline=True).path == snap
 
 
-# --- load kwargs & import cost -------------------------------------------------------------------------
+# --- load kwargs & import cost --------------------------------------------------------------------
 
 
 def test_model_load_kwargs():
@@ -393,7 +399,8 @@ def test_model_load_kwargs():
 def test_import_is_cheap():
     code = (
         "import sys, tuneforge.models.resolve, tuneforge.models.gguf_convert;"
-        "print([m for m in ('torch', 'transformers', 'huggingface_hub', 'gguf') if m in sys.modules])"
+        "heavy = ('torch', 'transformers', 'huggingface_hub', 'gguf');"
+        "print([m for m in heavy if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

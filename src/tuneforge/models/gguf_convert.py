@@ -99,7 +99,8 @@ def convert_gguf_to_safetensors(gguf_file: Path, out_dir: Path) -> Path:
     if not gguf_file.is_file():
         raise ModelResolutionError(f"GGUF file not found: {gguf_file}")
     try:
-        import gguf  # noqa: F401  (transformers needs it to read the file; fail with a clear message)
+        # transformers needs gguf to read the file; fail here with an install hint instead.
+        import gguf  # noqa: F401
     except ImportError as e:
         raise ModelResolutionError(
             "converting a GGUF model needs the 'gguf' package: pip install 'gguf>=0.10'"

@@ -164,19 +164,21 @@ def resolve_model(
 
     if _looks_like_path(name):
         raise ModelResolutionError(
-            f"model directory not found: {path} (resolved from '{raw}', working directory "
-            f"{Path.cwd()}). Check the path, or use a built-in alias: {_alias_list()}"
+            f"model directory not found: {path.absolute()} (from '{raw}'). Check the path, or "
+            f"use a built-in alias: {_alias_list()}"
         )
 
     if not _HUB_ID_RE.match(name) or ".." in name:
         raise ModelResolutionError(
             f"'{raw}' is not a built-in alias, an existing directory, or a valid Hugging Face Hub "
-            f"id (expected 'org/name').{_did_you_mean(name)} Built-in aliases: {_alias_list()}"
+            f"id (expected 'org/name'){_did_you_mean(name)}. Built-in aliases: {_alias_list()}"
         )
     return _resolve_hub(raw, name, allow_pickle, offline, require_weights)
 
 
-def model_load_kwargs(resolved: ResolvedModel, *, trust_remote_code: bool = False) -> dict[str, Any]:
+def model_load_kwargs(
+    resolved: ResolvedModel, *, trust_remote_code: bool = False
+) -> dict[str, Any]:
     """Keyword arguments for ``from_pretrained(resolved.path, **kwargs)``.
 
     ``use_safetensors`` is always explicit: with True, transformers raises instead of quietly
@@ -188,7 +190,7 @@ def model_load_kwargs(resolved: ResolvedModel, *, trust_remote_code: bool = Fals
     }
 
 
-# --- aliases ----------------------------------------------------------------------------------------
+# --- aliases --------------------------------------------------------------------------------------
 
 
 def _alias_list() -> str:
@@ -287,14 +289,17 @@ class _FileLock:
             self._fh = None
 
 
-# --- local directories ------------------------------------------------------------------------------
+# --- local directories ----------------------------------------------------------------------------
 
 
 def _looks_like_path(name: str) -> bool:
-    if name.startswith((".", "~", "/")) or (os.altsep and os.altsep in name):
+    if name.startswith((".", "~", "/")) or re.match(r"^[A-Za-z]:[\\/]", name):
         return True
-    # "org/name" (one separator) is a Hub id; more separators can only be a path.
-    return os.sep in name and not _HUB_ID_RE.match(name)
+    # "/" is also the Hub's org separator: "org/name" (one slash) is a Hub id, more slashes can
+    # only be a path. Any other separator (Windows "\\") is always a path.
+    if any(sep in name for sep in (os.sep, os.altsep) if sep and sep != "/"):
+        return True
+    return "/" in name and not _HUB_ID_RE.match(name)
 
 
 def _file_not_dir_message(path: Path) -> str:
@@ -314,7 +319,9 @@ def _pickle_weight_files(d: Path) -> list[str]:
     found = set()
     for pattern in ("*.bin", "*.pt", "*.pth", "*.bin.index.json"):
         for f in d.glob(pattern):
-            if f.is_file() and f.name not in _NON_WEIGHT_PICKLES and not f.name.startswith("rng_state"):
+            if f.name in _NON_WEIGHT_PICKLES or f.name.startswith("rng_state"):
+                continue
+            if f.is_file():
                 found.add(f.name)
     return sorted(found)
 
@@ -367,7 +374,7 @@ def _check_model_dir(
 
     foreign = [n for n in _FOREIGN_WEIGHTS if (d / n).exists()]
     hint = (
-        f" It has {', '.join(foreign)}, which are TensorFlow/Flax weights that tuneforge cannot load."
+        f" It has {', '.join(foreign)}: TensorFlow/Flax weights, which tuneforge cannot load."
         if foreign
         else ""
     )
@@ -418,7 +425,7 @@ def _no_config_message(d: Path, what: str) -> str:
     )
 
 
-# --- Hugging Face Hub ----------------------------------------------------------------------------
+# --- Hugging Face Hub -----------------------------------------------------------------------------
 
 _TRUTHY = {"1", "true", "yes", "on"}
 _probe_lock = threading.Lock()
@@ -473,7 +480,7 @@ def _is_offline(offline: bool | None) -> bool:
 
 def _did_you_mean(name: str) -> str:
     close = difflib.get_close_matches(name.lower(), list(ALIASES), n=1, cutoff=0.7)
-    return f" Did you mean '{close[0]}'?" if close else ""
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _maybe_local_hint(name: str) -> str:
@@ -503,8 +510,8 @@ def _resolve_hub(
         cached = _hub_snapshot(repo_id, patterns, local_files_only=True)
         if cached is None:
             raise ModelResolutionError(
-                f"cannot download model '{raw}': the Hugging Face Hub is not reachable (offline)."
-                f"{_did_you_mean(repo_id)} Use a local directory with config.json and safetensors "
+                f"cannot download model '{raw}': the Hugging Face Hub is not reachable (offline)"
+                f"{_did_you_mean(repo_id)}. Use a local directory with config.json and safetensors "
                 f"weights, or a built-in alias: {_alias_list()}.{_maybe_local_hint(repo_id)}"
             )
         path = cached
@@ -551,7 +558,7 @@ def _hub_snapshot(
     except hf_errors.RepositoryNotFoundError:
         raise ModelResolutionError(
             f"model '{raw}' was not found on the Hugging Face Hub (or it is private and you are "
-            f"not logged in).{_did_you_mean(repo_id)}{_maybe_local_hint(repo_id)} Built-in "
+            f"not logged in){_did_you_mean(repo_id)}.{_maybe_local_hint(repo_id)} Built-in "
             f"aliases: {_alias_list()}"
         ) from None
     except hf_errors.HFValidationError as e:

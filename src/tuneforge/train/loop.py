@@ -110,6 +110,8 @@ def train_loop(inp: LoopInputs, state: TrainState) -> TrainState:
                 last_step = state.global_step >= inp.total_steps
                 if state.global_step % eval_every == 0 or last_step:
                     _evaluate_and_checkpoint(inp, state, progress)
+                    meter.reset()
+                    meter.update(0, 0)
                 if last_step or state.finished:
                     break
                 if cfg.halt_after_steps is not None and state.global_step >= cfg.halt_after_steps:

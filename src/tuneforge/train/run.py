@@ -52,7 +52,15 @@ def recipe_hash(recipe: Recipe) -> str:
 def _console():
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _quiet_libraries() -> None:
+    """transformers' per-file progress bars and 'newly initialized' warnings drown our own output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, is_main: bool) -> None:
@@ -96,6 +104,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
     from tuneforge.train.manifest import build_manifest
     from tuneforge.train.optim import build_optimizer, build_scheduler
 
+    _quiet_libraries()
     run_dir = recipe.run_dir
     accelerator, precision = _make_accelerator(recipe.train.precision)
     is_main = accelerator.is_main_process
@@ -142,6 +151,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
         state = TrainState(recipe_hash=r_hash)
     if is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "data_summary.json").write_text(json.dumps(data.summary(), indent=2))
         (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     say(f"training: {total_steps} steps ({steps_per_epoch}/epoch), global batch {cfg.batch_size} x "
         f"{cfg.gradient_accumulation_steps} accumulation, {accelerator.num_processes} process(es) on "

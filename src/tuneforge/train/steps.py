@@ -70,6 +70,10 @@ class Throughput:
         self._marks.append((time.perf_counter() if now is None else now, tokens, examples))
         del self._marks[: -self.window - 1]
 
+    def reset(self) -> None:
+        """Forget the window, e.g. after an evaluation pause that is not training time."""
+        self._marks.clear()
+
     def rates(self) -> tuple[float, float]:
         """(tokens/s, examples/s) since the oldest mark in the window; zeros until two marks exist."""
         if len(self._marks) < 2:
