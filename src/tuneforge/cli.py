@@ -27,7 +27,7 @@ OVERRIDES = typer.Argument(None, help="Recipe overrides, key.path=value (e.g. tr
 def _err(message: str) -> None:
     from rich.console import Console
 
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", markup=True)
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}", markup=True)
 
 
 def _guard(fn, *args, **kwargs):
@@ -77,6 +77,8 @@ def _train_command(recipe: Path, overrides, resume: bool, overwrite: bool, expor
         from tuneforge.train.run import train
 
         result = train(cfg, resume=resume, overwrite=overwrite)
+        if not result.is_main:
+            return
         if result.halted:
             print(f"halted at step {result.global_step}/{result.total_steps}; continue with: "
                   f"tuneforge {'run' if export else 'train'} {recipe} --resume")

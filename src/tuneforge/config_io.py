@@ -146,7 +146,8 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], where:
                 msg += f"; allowed keys here: {', '.join(allowed)}"
         elif kind == "missing":
             msg = f"{key}: required key is missing"
-        elif kind in ("value_error", "assertion_error") and not loc:
+        elif kind in ("value_error", "assertion_error"):
+            # cross-field checks word their own message, naming the keys involved
             msg = err["msg"].removeprefix("Value error, ")
         else:
             value = err.get("input")

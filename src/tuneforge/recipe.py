@@ -131,7 +131,7 @@ class TrainSection(Section):
         "linear", description="Learning-rate decay after warmup."
     )
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps spent warming up linearly.")
-    warmup_steps: int | None = Field(None, ge=0, description="Warmup steps; overrides warmup_ratio.")
+    warmup_steps: int | None = Field(None, ge=0, description="Warmup steps; when set, warmup_ratio is ignored.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip gradients to this global norm; null: off.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
@@ -162,8 +162,6 @@ class TrainSection(Section):
                 f"train.metric_for_best: unknown metric {self.metric_for_best!r}; "
                 f"allowed: {', '.join(SELECTABLE_METRICS)}"
             )
-        if "warmup_steps" in self.model_fields_set and "warmup_ratio" in self.model_fields_set:
-            raise ValueError("train: set warmup_steps or warmup_ratio, not both")
         return self
 
 
@@ -203,8 +201,6 @@ class Recipe(Section):
                 "freeze: must be 'none' with method 'lora' (LoRA already freezes every base weight); "
                 f"got {self._freeze_text()}"
             )
-        if self.data.validation_file is None and "validation_fraction" not in self.data.model_fields_set:
-            pass  # the default fraction applies; nothing to check
         if self.data.validation_file is not None and "validation_fraction" in self.data.model_fields_set:
             raise ValueError("data.validation_fraction is only used without data.validation_file; remove one")
         return self
@@ -222,11 +218,22 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     return load_config(Recipe, path, overrides)
 
 
+def resolved_dict(recipe: Recipe) -> dict:
+    """The recipe with every default filled in, minus sections that do not apply (the lora section of a
+    full fine-tune, validation_fraction next to a validation file), so the result validates again."""
+    data = recipe.model_dump(mode="json")
+    if recipe.method != "lora":
+        data.pop("lora")
+    if recipe.data.validation_file is not None:
+        data["data"].pop("validation_fraction")
+    return data
+
+
 def recipe_to_yaml(recipe: Recipe) -> str:
     """The fully resolved recipe (defaults included), as written to runs/<name>/recipe.yaml."""
     import yaml
 
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(resolved_dict(recipe), sort_keys=False)
 
 
 def describe_fields(model: type[BaseModel] = Recipe, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -121,3 +121,16 @@ def test_every_field_is_documented():
     assert undocumented == []
     keys = [k for k, _, _ in rows]
     assert "train.learning_rate" in keys and "lora.r" in keys
+
+
+@pytest.mark.parametrize("extra", ["", "method: full\n", "method: lora\nlora:\n  r: 4\n",
+                                   "train:\n  warmup_steps: 5\n"])
+def test_resolved_recipe_round_trips(tmp_path, extra):
+    """runs/<name>/recipe.yaml must load again (tuneforge export and --resume read it)."""
+    from tuneforge.recipe import recipe_to_yaml
+
+    first = load_recipe(write(tmp_path, BASE + extra))
+    again = tmp_path / "again.yaml"
+    again.write_text(recipe_to_yaml(first))
+    second = load_recipe(again)
+    assert recipe_to_yaml(second) == recipe_to_yaml(first)

@@ -33,6 +33,7 @@ class TrainResult:
     export_dir: Path | None = None
     verification: dict | None = None
     history: list[dict] = field(default_factory=list)
+    is_main: bool = True  # False on the other processes of a distributed run (they report nothing)
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -57,8 +58,11 @@ def _console():
 
 def _quiet_libraries() -> None:
     """transformers' per-file progress bars and 'newly initialized' warnings drown our own output."""
+    import warnings
+
     from transformers.utils import logging as hf_logging
 
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
 
@@ -89,7 +93,9 @@ def _make_accelerator(requested_precision: str):
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     precision = resolve_precision(requested_precision, device_type)
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-    return Accelerator(mixed_precision=mixed), precision
+    # cpu=True on CPU-only machines is what lets Accelerate form a gloo process group under
+    # `accelerate launch --multi_gpu --num_processes N` / torchrun (MULTI_CPU); on one process it is a no-op.
+    return Accelerator(mixed_precision=mixed, cpu=device_type == "cpu"), precision
 
 
 def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
@@ -181,7 +187,8 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
 
     result = TrainResult(run_dir=run_dir, metrics={}, best_step=state.best_step, global_step=state.global_step,
                          total_steps=total_steps, halted=halted, train_seconds=round(seconds, 2),
-                         examples_per_s=examples_per_s, params=asdict(params), history=state.history)
+                         examples_per_s=examples_per_s, params=asdict(params), history=state.history,
+                         is_main=is_main)
     if halted:
         accelerator.wait_for_everyone()
         return result
