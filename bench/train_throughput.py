@@ -121,13 +121,9 @@ def reset_accelerate_state() -> None:
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from tuneforge.train.manifest import cpu_model as _cpu_model
+
+    return _cpu_model()
 
 
 def machine_info() -> dict:

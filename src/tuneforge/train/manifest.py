@@ -48,7 +48,7 @@ def git_revision(cwd: Path | None = None) -> dict:
         return {"commit": None, "dirty": None}
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -64,7 +64,7 @@ def hardware(device_type: str, world_size: int) -> dict:
     info = {
         "platform": platform.platform(),
         "python": sys.version.split()[0],
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": device_type,
