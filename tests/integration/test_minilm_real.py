@@ -24,17 +24,17 @@ def test_minilm_lora_few_steps_loss_falls_and_export_matches(tmp_path):
         "model": {"name": "minilm-l6", "max_length": 64},
         "data": {"train_file": str(REPO / "data/sst2/train.tsv"), "validation_file": str(REPO / "data/sst2/dev.tsv"),
                  "text_column": "sentence", "label_column": "label", "label_names": ["negative", "positive"],
-                 "max_train_samples": 640},
-        "method": "lora", "lora": {"r": 8, "alpha": 16, "target_modules": ["query", "value"]},
-        "train": {"max_steps": 20, "batch_size": 32, "learning_rate": 2e-3, "warmup_ratio": 0.0,
-                  "log_every_steps": 1, "eval_every_steps": 20},
+                 "max_train_samples": 1920},
+        "method": "lora", "lora": {"r": 16, "alpha": 32, "target_modules": ["query", "key", "value", "dense"]},
+        "train": {"max_steps": 60, "batch_size": 32, "learning_rate": 1e-3, "warmup_ratio": 0.0,
+                  "scheduler": "constant", "log_every_steps": 1, "eval_every_steps": 60},
     })
     result = train(recipe)
     losses = [json.loads(line)["loss"] for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
               if '"train"' in line]
-    assert len(losses) == 20
-    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.05
-    assert result.metrics["accuracy"] > 0.6  # 20 steps already beat chance clearly on the real dev set
+    assert len(losses) == 60
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.1
+    assert result.metrics["accuracy"] > 0.7  # 60 steps already beat chance clearly on the real dev set
 
     # the whole dev set: a plain transformers load of the export predicts exactly like the trained model
     assert result.verification["examples"] == 872
