@@ -84,6 +84,20 @@ def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, is_main: b
         run_dir.mkdir(parents=True, exist_ok=True)
 
 
+def _fresh_accelerator_state() -> None:
+    """train() may run many times in one process (tests, the tuner) with different precisions, and
+    Accelerate keeps a process-wide singleton that refuses a change; start each single-process run from a
+    clean one. Under a distributed launch the state (and its process group) must survive."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
 def _make_accelerator(requested_precision: str):
     import torch
     from accelerate import Accelerator
@@ -92,6 +106,7 @@ def _make_accelerator(requested_precision: str):
 
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     precision = resolve_precision(requested_precision, device_type)
+    _fresh_accelerator_state()
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     # cpu=True on CPU-only machines is what lets Accelerate form a gloo process group under
     # `accelerate launch --multi_gpu --num_processes N` / torchrun (MULTI_CPU); on one process it is a no-op.
