@@ -13,9 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from tuneforge.config_io import load_config
+from tuneforge.sections import Section
 
 # Metrics a run can select its best checkpoint / stop early on, and whether bigger is better.
 # Kept here (not in tuneforge.evaluate) so validating a recipe needs no scientific stack.
@@ -26,12 +27,6 @@ SELECTABLE_METRICS = {
     "macro_recall": "max",
     "loss": "min",
 }
-
-
-class Section(BaseModel):
-    """Base for every recipe section: unknown keys are errors, values are checked on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
 class ModelSection(Section):
