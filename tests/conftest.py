@@ -86,7 +86,9 @@ def make_recipe(tmp_path, tiny_model_dir, toy_data):
             "name": name, "seed": 7, "output_dir": str(tmp_path / "runs"),
             "model": {"name": str(tiny_model_dir), "max_length": 32},
             "data": {"train_file": str(train_file), "validation_file": str(dev_file),
-                     "text_column": "sentence", "label_column": "label", "label_names": ["negative", "positive"]},
+                     "text_column": "sentence", "label_column": "label", "label_names": ["negative", "positive"],
+                     # the toy rows repeat a few templates on purpose; dedup would collapse them
+                     "dedup": {"exact": False, "near": False}, "decontaminate": {"enabled": False}},
             "method": "full",
             # 6 epochs x 6 steps at a constant 3e-3: enough for the tiny model to separate the toy data
             "train": {"epochs": 6, "batch_size": 16, "learning_rate": 3e-3, "eval_every_steps": 12,

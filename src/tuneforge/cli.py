@@ -110,22 +110,35 @@ def train_cmd(recipe: Path = typer.Argument(..., help="Recipe YAML file."), over
 
 
 @app.command()
-def prepare(recipe: Path = typer.Argument(..., help="Recipe YAML file."), overrides: Optional[List[str]] = OVERRIDES):
-    """Read, check and split the recipe's data; write rejected rows and a summary; train nothing."""
+def prepare(recipe: Path = typer.Argument(..., help="Recipe YAML file."), overrides: Optional[List[str]] = OVERRIDES,
+            preview: int = typer.Option(0, "--preview", min=0, help="Print N formatted training examples "
+                                        "(chat rows: the trained span marked), after preparing.")):
+    """Run the data stage only: read, clean, deduplicate, split, decontaminate, augment, report."""
     def body():
-        import json
-
-        from tuneforge.data.prepare import prepare_classification
+        from tuneforge.data.pipeline import prepare_dataset
 
         cfg = _load(recipe, overrides)
         out = cfg.run_dir / "data"
-        out.mkdir(parents=True, exist_ok=True)
-        data = prepare_classification(cfg.data, cfg.seed, out / "rejected.jsonl")
-        summary = data.summary()
-        (out / "data_summary.json").write_text(json.dumps(summary, indent=2))
-        print(json.dumps(summary, indent=2))
-        print(f"{len(data.rejected)} rejected rows -> {out / 'rejected.jsonl'}")
+        prepared = prepare_dataset(cfg.data, seed=cfg.seed, out_dir=out, labeled=cfg.task == "classification",
+                                   progress=None)
+        _print_data_summary(prepared, out)
+        if preview:
+            from tuneforge.data.preview_command import print_preview
+
+            print_preview(cfg, prepared, preview)
     _guard(body)
+
+
+def _print_data_summary(prepared, out: Path) -> None:
+    report = prepared.report
+    dups = report["duplicates"]
+    print(f"rows read: {report['rows']['before']:,}; rejected or removed: {report['rejected']['total']:,} "
+          f"(exact duplicates {dups['exact']:,}, near-duplicates {dups['near']:,}, "
+          f"contaminated {report['decontamination']['total']:,})")
+    print("splits: " + ", ".join(f"{name} {n:,}" for name, n in prepared.counts.items()))
+    if prepared.label_names:
+        print(f"labels: {prepared.label_names}")
+    print(f"report: {out / 'data_report.md'}; rejected rows: {out / 'rejected.jsonl'}")
 
 
 @app.command()

@@ -16,6 +16,12 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, Field, model_validator
 
 from tuneforge.config_io import load_config
+from tuneforge.data.augment import AugmentConfig
+from tuneforge.data.clean import CleanConfig
+from tuneforge.data.dedup import DecontaminateConfig, DedupConfig
+from tuneforge.data.formatting import ChatFormatConfig
+from tuneforge.data.sources import SourceConfig, SourceFormat
+from tuneforge.data.split import SplitConfig
 from tuneforge.sections import Section
 
 # Metrics a run can select its best checkpoint / stop early on, and whether bigger is better.
@@ -47,30 +53,51 @@ class ModelSection(Section):
 
 
 class DataSection(Section):
-    train_file: Path = Field(..., description="Training data: .csv, .tsv, .jsonl, .json or .parquet.")
+    """Where the data comes from and how it is prepared (see docs/data.md for every stage)."""
+
+    train_file: Path | None = Field(
+        None,
+        description="Training data (any format of data.sources; format from the suffix or data.format). "
+        "Use data.sources instead to mix several sources with weights.",
+    )
     validation_file: Path | None = Field(
         None,
-        description="Validation data. When absent, a seeded stratified split of train_file "
-        "(validation_fraction) is held out.",
+        description="Validation data, read like train_file. When absent, data.split.validation_fraction of "
+        "the training rows is held out.",
     )
-    format: Literal["csv", "tsv", "jsonl", "json", "parquet"] | None = Field(
-        None, description="File format; default: from the file suffix."
+    test_file: Path | None = Field(
+        None, description="Test data, read like train_file. When absent, data.split.test_fraction is held out."
     )
+    format: SourceFormat = Field("auto", description="Format of train/validation/test_file; auto: from the suffix.")
     text_column: str = Field("text", description="Column holding the input text.")
-    label_column: str = Field("label", description="Column holding the label (name or integer index).")
+    label_column: str | None = Field("label", description="Column holding the label (name or integer index).")
+    group_column: str | None = Field(
+        None, description="Column whose value keeps rows together in one split (e.g. a document or user id)."
+    )
     label_names: list[str] | None = Field(
         None,
         description="Class names in index order, e.g. [negative, positive]. Labels in the data may be these "
-        "names or their integer indices. Default: inferred from the training file.",
+        "names or their integer indices. Default: inferred from the training rows.",
     )
-    validation_fraction: float = Field(
-        0.1, gt=0.0, lt=1.0, description="Share of train_file held out when validation_file is absent."
+    sources: list[SourceConfig] = Field(
+        default_factory=list,
+        description="Training sources, mixed (each with its own format, columns and weight); instead of train_file.",
+    )
+    clean: CleanConfig = Field(default_factory=CleanConfig, description="Cleaning rules.")
+    dedup: DedupConfig = Field(default_factory=DedupConfig, description="Exact and near-duplicate removal.")
+    decontaminate: DecontaminateConfig = Field(
+        default_factory=DecontaminateConfig, description="Remove training rows that copy validation/test rows."
+    )
+    split: SplitConfig = Field(default_factory=SplitConfig, description="Held-out splits.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Training-split augmentation.")
+    formatting: ChatFormatConfig = Field(
+        default_factory=ChatFormatConfig, description="Chat template, loss masking and packing for chat data."
     )
     max_rejected_fraction: float = Field(
         0.01,
         ge=0.0,
         le=1.0,
-        description="Fail the run when more than this share of rows in any file is rejected "
+        description="Fail the run when more than this share of rows in any source is unreadable or invalid "
         "(rejected rows always go to rejected.jsonl with their line and reason).",
     )
     max_train_samples: int | None = Field(
@@ -78,13 +105,34 @@ class DataSection(Section):
     )
 
     @model_validator(mode="after")
-    def _labels_unique(self) -> "DataSection":
+    def _check(self) -> "DataSection":
+        if (self.train_file is None) == (not self.sources):
+            raise ValueError("data: set exactly one of train_file (one file) or sources (a list); "
+                             + ("got both" if self.sources else "got neither"))
         if self.label_names is not None:
             if len(self.label_names) < 2:
                 raise ValueError("data.label_names needs at least 2 classes")
             if len(set(self.label_names)) != len(self.label_names):
                 raise ValueError(f"data.label_names has duplicates: {self.label_names}")
+        for given, fraction in (("validation_file", "validation_fraction"), ("test_file", "test_fraction")):
+            if getattr(self, given) is not None and fraction in self.split.model_fields_set:
+                raise ValueError(f"data.split.{fraction} is only used without data.{given}; remove one")
+        if self.validation_file is None and self.split.validation_fraction == 0:
+            raise ValueError("data: no validation data: set data.validation_file or data.split.validation_fraction > 0")
         return self
+
+    def _file_source(self, path: Path) -> SourceConfig:
+        # Only the column options the user set: a source rejects options its format ignores.
+        shared = {k: getattr(self, k) for k in ("text_column", "label_column", "group_column")
+                  if k in self.model_fields_set}
+        return SourceConfig(path=path, format=self.format, **shared)
+
+    def training_sources(self) -> list[SourceConfig]:
+        return list(self.sources) if self.sources else [self._file_source(self.train_file)]
+
+    def evaluation_sources(self) -> dict[str, SourceConfig]:
+        return {split: self._file_source(path) for split, path in
+                (("validation", self.validation_file), ("test", self.test_file)) if path is not None}
 
 
 class FirstNLayers(Section):
@@ -196,8 +244,6 @@ class Recipe(Section):
                 "freeze: must be 'none' with method 'lora' (LoRA already freezes every base weight); "
                 f"got {self._freeze_text()}"
             )
-        if self.data.validation_file is not None and "validation_fraction" in self.data.model_fields_set:
-            raise ValueError("data.validation_fraction is only used without data.validation_file; remove one")
         return self
 
     def _freeze_text(self) -> str:
@@ -215,12 +261,13 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 def resolved_dict(recipe: Recipe) -> dict:
     """The recipe with every default filled in, minus sections that do not apply (the lora section of a
-    full fine-tune, validation_fraction next to a validation file), so the result validates again."""
+    full fine-tune, a split fraction next to the file it would replace), so the result validates again."""
     data = recipe.model_dump(mode="json")
     if recipe.method != "lora":
         data.pop("lora")
-    if recipe.data.validation_file is not None:
-        data["data"].pop("validation_fraction")
+    for given, fraction in (("validation_file", "validation_fraction"), ("test_file", "test_fraction")):
+        if getattr(recipe.data, given) is not None:
+            data["data"]["split"].pop(fraction)
     return data
 
 

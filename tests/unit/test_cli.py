@@ -139,5 +139,9 @@ def test_evaluate_bad_column(tmp_path, make_recipe, toy_data):
 def test_prepare_writes_summary(tmp_path, make_recipe):
     result = invoke("prepare", recipe_file(tmp_path, make_recipe()))
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "runs" / "tiny" / "data" / "data_summary.json").exists()
-    assert '"train_rows": 96' in result.output
+    data = tmp_path / "runs" / "tiny" / "data"
+    for name in ("data_report.json", "data_report.md", "train.jsonl", "validation.jsonl", "rejected.jsonl",
+                 "length_distribution.png", "label_distribution.png"):
+        assert (data / name).exists(), name
+    assert "splits: train 96, validation 24, test 0" in result.output
+    assert "labels: ['negative', 'positive']" in result.output

@@ -20,7 +20,8 @@ def test_loss_falls_and_run_dir_is_complete(make_recipe):
     assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3
     assert result.metrics["accuracy"] >= 0.9
     run = result.run_dir
-    for name in ("recipe.yaml", "manifest.json", "metrics.jsonl", "loss.png", "rejected.jsonl", "result.json",
+    for name in ("recipe.yaml", "manifest.json", "metrics.jsonl", "loss.png", "data/rejected.jsonl",
+                 "data/data_report.md", "data/data_report.json", "data/train.jsonl", "result.json",
                  "eval/eval.json", "eval/eval.md", "eval/confusion_matrix.png", "checkpoints/last/train_state.json",
                  "checkpoints/best/trainable.safetensors"):
         assert (run / name).exists(), name
@@ -117,13 +118,13 @@ def test_malformed_rows_are_quarantined(make_recipe, toy_data):
         fh.write("\t1\n")  # empty text
         fh.write("fine words\tneutral\n")  # unknown label
     result = train(make_recipe("data.max_rejected_fraction=0.05", "train.max_steps=1"))
-    rejected = [json.loads(line) for line in (result.run_dir / "rejected.jsonl").read_text().splitlines()]
+    rejected = [json.loads(line) for line in (result.run_dir / "data" / "rejected.jsonl").read_text().splitlines()]
     assert [(r["line"], r["reason"]) for r in rejected] == [
         (98, "empty text"), (99, "unknown label 'neutral' (allowed: negative, positive)")]
     with pytest.raises(DataError, match=r"2 of 98 rows rejected \(2.0% > data.max_rejected_fraction 1%\)"):
         train(make_recipe("train.max_steps=1", name="strict"))
     # the rejected rows are written even when the run stops because of them
-    assert (result.run_dir.parent / "strict" / "rejected.jsonl").read_text().count("\n") == 2
+    assert (result.run_dir.parent / "strict" / "data" / "rejected.jsonl").read_text().count("\n") == 2
 
 
 def test_stratified_split_when_no_validation_file(make_recipe):

@@ -129,6 +129,8 @@ def _read_delimited(path: Path, delimiter: str) -> Iterator[Triple]:
                 consumed.clear()
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue  # blank line
+                if header is None and not any(field.strip() for field in row):
+                    continue  # whitespace and separators before the header are layout, not a header
                 if header is None:
                     header = _parse_header(path, line, row)
                     continue

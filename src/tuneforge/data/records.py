@@ -117,3 +117,19 @@ def row_to_json(row: Row) -> dict[str, Any]:
         out["_augmented"] = True
         out["_derived_from"] = row.derived_from
     return out
+
+
+def dump_row(row: Row) -> str:
+    """One JSON line holding the whole row (kind, data, provenance), for spill files."""
+    import json
+
+    return json.dumps({"k": row.kind, "d": row.data, "s": row.source, "l": row.line, "a": row.augmented,
+                       "f": row.derived_from, "x": row.extra}, ensure_ascii=False)
+
+
+def load_row(line: str) -> Row:
+    """The inverse of ``dump_row``."""
+    import json
+
+    r = json.loads(line)
+    return Row(r["k"], r["d"], r["s"], r["l"], r["a"], r["f"], r["x"])

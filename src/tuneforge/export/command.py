@@ -17,7 +17,7 @@ class ExportConfig(Section):
 
 
 def run_export(cfg: ExportConfig) -> Path:
-    from tuneforge.data.prepare import encode, prepare_classification
+    from tuneforge.data.prepare import encode, load_prepared
     from tuneforge.errors import TuneforgeError
     from tuneforge.evaluate.predict import predict
     from tuneforge.export.card import write_model_card
@@ -30,7 +30,9 @@ def run_export(cfg: ExportConfig) -> Path:
     if not (cfg.run_dir / "recipe.yaml").exists():
         raise TuneforgeError(f"{cfg.run_dir} is not a run directory (no recipe.yaml)")
     recipe = load_recipe(cfg.run_dir / "recipe.yaml")
-    data = prepare_classification(recipe.data, recipe.seed, None)
+    if not (cfg.run_dir / "data" / "prepared.json").exists():
+        raise TuneforgeError(f"{cfg.run_dir}: no prepared data (data/prepared.json); train the run first")
+    data = load_prepared(cfg.run_dir / "data")  # exactly the rows the run trained and validated on
     resolved = resolve_model(recipe.model.name, allow_pickle=recipe.model.allow_pickle)
     tokenizer = load_tokenizer(resolved, recipe.model.trust_remote_code)
     model, params = build_model(recipe, resolved, data.label_names, tokenizer.pad_token_id)

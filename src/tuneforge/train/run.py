@@ -117,7 +117,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
     """Fine-tune per ``recipe``; evaluate the best checkpoint; export if ``recipe.export.enabled``."""
     from accelerate.utils import gather_object, set_seed
 
-    from tuneforge.data.prepare import encode, prepare_classification
+    from tuneforge.data.prepare import encode, load_prepared, prepare_classification
     from tuneforge.models.build import build_model, load_tokenizer
     from tuneforge.models.resolve import resolve_model
     from tuneforge.train.checkpoint import TrainState, load_best, load_last
@@ -137,10 +137,14 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
         (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
 
     # --- data: fails fast, before any model is loaded
-    data = prepare_classification(recipe.data, recipe.seed, run_dir / "rejected.jsonl" if is_main else None)
+    # Only the main process prepares (it writes files); the others read the same prepared splits.
+    data_dir = run_dir / "data"
+    if is_main:
+        prepare_classification(recipe.data, recipe.seed, data_dir)
+    accelerator.wait_for_everyone()
+    data = load_prepared(data_dir)
     say(f"data: {len(data.train):,} train / {len(data.validation):,} validation rows, labels "
-        f"{data.label_names}; {len(data.rejected)} rejected"
-        + (f" (see {run_dir / 'rejected.jsonl'})" if data.rejected else ""))
+        f"{data.label_names}; {data.rejected_rows} rejected or removed (see {data_dir / 'data_report.md'})")
 
     resolved = resolve_model(recipe.model.name, allow_pickle=recipe.model.allow_pickle)
     set_seed(recipe.seed)

@@ -1,0 +1,355 @@
+"""The `data:` stage: sources -> clean -> deduplicate -> split -> decontaminate -> weight -> augment.
+
+Order matters, and each choice is deliberate:
+
+* **Clean before dedup**: two rows that differ only in mojibake or spacing are duplicates.
+* **Dedup before split**: otherwise copies of one row land in train and validation and the
+  validation score measures memory, not generalisation.
+* **Decontaminate after split**, against the evaluation rows (given files or held-out splits):
+  near-copies that survived dedup (threshold) or came with a separate validation file are caught
+  here, and the report names the evaluation row each one copies.
+* **Weights and augmentation last, on the training split only**: repeated or paraphrased rows
+  must never be counted as duplicates, nor reach validation or test next to their original.
+
+Memory: the first pass (read, clean, dedup) streams and spills kept rows to disk, holding only
+labels and group keys; the split is computed from those and a second streaming pass routes rows to
+their split files. Only the evaluation rows (and the training rows when augmentation is on) are
+held in memory, so preparing a JSONL larger than RAM works.
+
+Outputs in ``out_dir``: ``train.jsonl``, ``validation.jsonl``, ``test.jsonl`` (one example per line,
+with ``_origin`` "file:line"), ``rejected.jsonl`` (every row not used, with its reason, including
+duplicates with the row they copy), ``data_report.{json,md}`` and the distribution plots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tuneforge.data.clean import Cleaner
+from tuneforge.data.dedup import Duplicate, decontaminate, deduplicate
+from tuneforge.data.readers import _label_key, _label_matcher, infer_label_names
+from tuneforge.data.records import Row, dump_row, load_row, row_label, row_to_json
+from tuneforge.data.rejects import RejectedRow
+from tuneforge.data.report import DataReport
+from tuneforge.data.sources import SourceConfig, apply_weights, iter_source, source_name
+from tuneforge.data.split import split_indices
+from tuneforge.errors import DataError
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class PreparedDataset:
+    """Where the prepared splits are, plus what training needs to know about them."""
+
+    out_dir: Path
+    label_names: list[str] | None
+    counts: dict[str, int]
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def path(self, split: str) -> Path:
+        return self.out_dir / f"{split}.jsonl"
+
+    def rows(self, split: str) -> list[dict[str, Any]]:
+        """The prepared examples of ``split`` as written (``row_to_json`` records)."""
+        path = self.path(split)
+        if not path.exists():
+            return []
+        with open(path, encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh]
+
+
+class _RejectWriter:
+    """Streams rejected rows to ``rejected.jsonl`` as they happen (never accumulated in memory)."""
+
+    def __init__(self, path: Path, report: DataReport):
+        self.fh = open(path, "w", encoding="utf-8", errors="replace", newline="\n")
+        self.report = report
+        self.per_source: Counter = Counter()
+
+    def write(self, rejected: RejectedRow, stage: str, source: str) -> None:
+        record = {"file": rejected.file, "line": rejected.line, "stage": stage, "reason": rejected.reason,
+                  "raw": rejected.raw}
+        self.fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self.report.add_rejected(rejected, stage=stage)
+        self.per_source[source] += 1
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+class _Labels:
+    """Label validation and canonicalisation for classification rows.
+
+    With ``label_names`` configured, a label may be a name or its index (``0``/``1`` for
+    [negative, positive]) and is rewritten to the name; otherwise names are inferred from the
+    training rows after the first pass, exactly like the single-file reader does.
+    """
+
+    def __init__(self, names: list[str] | None):
+        self.names = list(names) if names is not None else None
+        self._match = _label_matcher(self.names) if self.names is not None else None
+        self.seen: Counter = Counter()
+
+    def check(self, row: Row) -> Row | str:
+        raw = row.data.get("label")
+        if raw is None:
+            return "missing label"
+        key = _label_key(raw)
+        if key is None:
+            return f"label is not a string or number (got {type(raw).__name__})"
+        if not key:
+            return "empty label"
+        if self._match is None:
+            self.seen[key] += 1
+            return replace(row, data={**row.data, "label": key})
+        index = self._match(key)
+        if index is None:
+            return f"unknown label '{key}' (allowed: {', '.join(self.names)})"
+        return replace(row, data={**row.data, "label": self.names[index]})
+
+    def finish(self) -> list[str]:
+        if self.names is None:
+            self.names = infer_label_names(self.seen)
+            self._match = _label_matcher(self.names)
+        return self.names
+
+
+def prepare_dataset(data_cfg, *, seed: int, out_dir: Path, base_dir: Path | None = None,
+                    labeled: bool = True, progress=None) -> PreparedDataset:
+    """Run the whole data stage for ``data_cfg`` (a recipe's ``DataSection``) into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = DataReport()
+    rejects = _RejectWriter(out_dir / "rejected.jsonl", report)
+    labels = _Labels(data_cfg.label_names) if labeled else None
+    cleaner = Cleaner(data_cfg.clean)
+    read_counts: dict[str, Counter] = {}
+    try:
+        # ---- pass 1: read, validate labels, clean, dedup; spill kept training rows to disk
+        spill = out_dir / ".kept.jsonl"
+        split_labels: list[Any] = []  # per kept row, for stratification
+        groups: list[Any] = []
+        duplicates: list[dict] = []
+        with report.timed("read+clean+dedup"), open(spill, "w", encoding="utf-8") as fh:
+            stream = _clean_stream(data_cfg.training_sources(), base_dir, cleaner, labels, rejects, report,
+                                   read_counts, progress)
+            for item in deduplicate(stream, data_cfg.dedup, workdir=out_dir):
+                if isinstance(item, Duplicate):
+                    rejects.write(item.rejected(), "dedup", _source_of(item.row))
+                    duplicates.append(_pair(item))
+                    continue
+                fh.write(dump_row(item) + "\n")
+                split_labels.append(row_label(item))
+                groups.append(item.data.get("group"))
+        _check_rejected(read_counts, data_cfg.max_rejected_fraction, rejects.per_source)
+        if not split_labels:
+            raise DataError("no usable training rows: every row was rejected or removed "
+                            f"(see {out_dir / 'rejected.jsonl'})")
+        report.set_duplicates(duplicates)
+
+        # ---- evaluation files (cleaned like training rows, never deduplicated against them)
+        given = {}
+        for split, source in data_cfg.evaluation_sources().items():
+            rows = list(_clean_stream([source], base_dir, cleaner, labels, rejects, report, read_counts, None))
+            if not rows:
+                raise DataError(f"no usable rows in the {split} file {source.path}")
+            given[split] = rows
+        _check_rejected(read_counts, data_cfg.max_rejected_fraction, rejects.per_source)
+        names = labels.finish() if labels is not None else None
+
+        # ---- split what was not given as a file
+        split_cfg = data_cfg.split
+        parts = split_indices(
+            len(split_labels),
+            labels=split_labels if split_cfg.stratify and any(k is not None for k in split_labels) else None,
+            groups=groups if split_cfg.grouped and any(g is not None for g in groups) else None,
+            validation_fraction=0.0 if "validation" in given else split_cfg.validation_fraction,
+            test_fraction=0.0 if "test" in given else split_cfg.test_fraction,
+            seed=seed,
+        )
+        where = {i: "validation" for i in parts.validation}
+        where.update({i: "test" for i in parts.test})
+        del split_labels, groups
+        held: dict[str, list[Row]] = {"validation": list(given.get("validation", [])),
+                                      "test": list(given.get("test", []))}
+        with open(spill, encoding="utf-8") as fh:
+            for i, line in enumerate(fh):
+                if i in where:
+                    held[where[i]].append(load_row(line))
+
+        # ---- pass 2: training rows, decontaminated against the evaluation rows, then weighted
+        contaminated: list[dict] = []
+        weights = {source_name(s): s.weight for s in data_cfg.training_sources() if s.weight != 1.0}
+        train_rows = _train_stream(spill, where, labels)
+        with report.timed("decontaminate"):
+            decon = decontaminate(train_rows, {k: v for k, v in held.items() if v}, data_cfg.decontaminate,
+                                  data_cfg.dedup, workdir=out_dir)
+            kept_train = _drop_contaminated(decon, data_cfg.decontaminate.action, rejects, contaminated)
+            train_out = apply_weights(kept_train, weights, seed) if weights else kept_train
+            n_train = _write_split(out_dir / "train.jsonl", train_out, report, data_cfg.max_train_samples)
+        report.set_decontamination(contaminated)
+        spill.unlink()
+
+        # ---- augmentation: training split only, after everything that compares rows
+        aug = data_cfg.augment
+        if aug.eda.enabled or aug.back_translation.enabled or aug.paraphrase.enabled:
+            with report.timed("augment"):
+                n_train = _augment_train(out_dir / "train.jsonl", data_cfg, seed, report, n_train)
+        counts = {"train": n_train}
+        for split in ("validation", "test"):
+            counts[split] = _write_split(out_dir / f"{split}.jsonl", iter(held[split]), report, None)
+        if counts["train"] == 0 or (counts["validation"] == 0 and split_cfg.validation_fraction > 0):
+            raise DataError(f"no usable rows after preparation: {counts} (see {out_dir / 'data_report.md'})")
+        report.set_sources({name: {"read": c["read"], "rejected": c["rejected"], "kept": c["read"] - c["rejected"]}
+                            for name, c in read_counts.items()})
+        report.set_cleaning({k: v for k, v in cleaner.stats().items() if isinstance(v, dict)})
+        for name in SPLITS:
+            report.set_split_counts(name, **_split_stats(out_dir / f"{name}.jsonl"))
+    finally:
+        rejects.close()
+    report.write(out_dir)
+    return PreparedDataset(out_dir, names, counts, report.to_dict())
+
+
+def _source_of(row: Row) -> str:
+    from tuneforge.data.sources import row_source_name
+
+    return row_source_name(row)
+
+
+def _pair(dup: Duplicate) -> dict:
+    """The report's record of a dropped row: itself, the row it copies, how similar, a snippet."""
+    record = {"row": dup.row.origin, "duplicate_of": dup.of, "kind": dup.kind,
+              "similarity": round(dup.similarity, 4), "text": _snippet(dup.row)}
+    if dup.against != "train":
+        record["eval_split"] = dup.against
+    return record
+
+
+def _snippet(row: Row) -> str:
+    from tuneforge.data.records import content_key
+
+    text = content_key(row)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _clean_stream(sources: Sequence[SourceConfig], base_dir: Path | None, cleaner: Cleaner, labels: _Labels | None,
+                  rejects: _RejectWriter, report: DataReport, read_counts: dict[str, Counter],
+                  progress) -> Iterator[Row]:
+    for source in sources:
+        name = source_name(source)
+        counts = read_counts.setdefault(name, Counter())
+        for item in iter_source(source, base_dir):
+            counts["read"] += 1
+            if progress is not None:
+                progress()
+            if isinstance(item, RejectedRow):
+                counts["rejected"] += 1
+                rejects.write(item, "read", name)
+                continue
+            if labels is not None and item.kind == "text":
+                checked = labels.check(item)
+                if isinstance(checked, str):
+                    counts["rejected"] += 1
+                    rejects.write(RejectedRow(item.source, item.line, checked, item.data.get("text", "")),
+                                  "read", name)
+                    continue
+                item = checked
+            report.add_before(item)
+            cleaned = cleaner(item)
+            if isinstance(cleaned, RejectedRow):
+                rejects.write(cleaned, "clean", name)
+                continue
+            yield cleaned
+
+
+def _check_rejected(read_counts: dict[str, Counter], limit: float, _per_source: Counter) -> None:
+    for name, c in read_counts.items():
+        if c["read"] and c["rejected"] / c["read"] > limit:
+            raise DataError(
+                f"{name}: {c['rejected']} of {c['read']} rows rejected ({100 * c['rejected'] / c['read']:.1f}% > "
+                f"data.max_rejected_fraction {100 * limit:g}%). See rejected.jsonl for every row and reason."
+            )
+
+
+def _train_stream(spill: Path, where: dict[int, str], labels: _Labels | None) -> Iterator[Row]:
+    with open(spill, encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            if i not in where:
+                yield load_row(line)
+
+
+def _drop_contaminated(items: Iterable[Row | Duplicate], action: str, rejects: _RejectWriter,
+                       hits: list[dict]) -> Iterator[Row]:
+    for item in items:
+        if isinstance(item, Duplicate):
+            hits.append(_pair(item))
+            if action == "drop":
+                rejects.write(item.rejected(), "decontaminate", _source_of(item.row))
+                continue
+            item = item.row
+        yield item
+
+
+def _write_split(path: Path, rows: Iterator[Row], report: DataReport, limit: int | None) -> int:
+    n = 0
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            if limit is not None and n >= limit:
+                break
+            if not row.augmented:
+                report.add_after(row)
+            fh.write(json.dumps(row_to_json(row), ensure_ascii=False) + "\n")
+            n += 1
+    os.replace(tmp, path)
+    return n
+
+
+def _split_stats(path: Path) -> dict[str, Any]:
+    rows = augmented = 0
+    labels: Counter = Counter()
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            record = json.loads(line)
+            rows += 1
+            augmented += bool(record.get("_augmented"))
+            if record.get("label") is not None:
+                labels[str(record["label"])] += 1
+    return {"rows": rows, "augmented": augmented, "labels": dict(sorted(labels.items()))}
+
+
+def _augment_train(path: Path, data_cfg, seed: int, report: DataReport, n_train: int) -> int:
+    from tuneforge.data.augment import augment_rows
+
+    with open(path, encoding="utf-8") as fh:
+        rows = [_row_from_output(json.loads(line)) for line in fh]
+    result = augment_rows(rows, data_cfg.augment, seed)
+    report.set_augmentation({op: c["generated"] for op, c in result.stats.items()})
+    with open(path, "a", encoding="utf-8") as fh:
+        for row in result.rows:
+            fh.write(json.dumps(row_to_json(row), ensure_ascii=False) + "\n")
+    return n_train + len(result.rows)
+
+
+def _row_from_output(record: dict[str, Any]) -> Row:
+    """Rebuild a ``Row`` from a prepared-split record (``row_to_json``)."""
+    source, _, line = record.pop("_origin").rpartition(":")
+    if "messages" in record:
+        kind = "chat"
+    elif "tokens" in record:
+        kind = "tokens"
+    elif "target" in record and "text" not in record:
+        kind = "pair"
+    else:
+        kind = "text"
+    record.pop("_augmented", None)
+    record.pop("_derived_from", None)
+    return Row(kind, record, source, int(line))

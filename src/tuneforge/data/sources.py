@@ -1,0 +1,493 @@
+"""Data sources: one entry of the recipe's ``data.sources`` list, read as a stream of rows.
+
+``iter_source(cfg)`` is the single entry point from "a path in a recipe" to ``Row``s: it resolves
+the path, works out the format, and yields ``Row`` or ``RejectedRow`` in file order, lazily, so a
+source larger than memory can be read (``max_rows`` stops reading early). ``apply_weights`` then
+mixes several sources by sampling rate.
+
+Formats and the row kinds they produce:
+
+=============================================  =========================================
+csv, tsv, jsonl, json, parquet, datasets       ``text`` rows (text, raw label, group), or
+                                               ``chat`` rows when the records are chats
+alpaca, sharegpt, messages                     ``chat`` rows (records from any of the above)
+text (one row per line, or per file)           ``text`` rows without label
+text_files (a folder or glob; one row a file)  ``text`` rows without label
+conll                                          ``tokens`` rows (one per sentence)
+parallel (``path`` + ``target_path``)          ``pair`` rows
+=============================================  =========================================
+
+``format: auto`` picks, in order: ``parallel`` when ``target_path`` is set; ``text_files`` for a
+glob; for a directory ``datasets`` when it was written by ``save_to_disk``, else ``text_files``;
+``conll`` for ``.conll``/``.iob``/``.iob2``/``.bio`` (also as in ``train.iob2.txt``); ``text`` for
+``.txt``; else the table format named by the suffix. Record formats are then told apart by the
+*first record*: if it has ``text_column`` the rows are text; otherwise ``messages`` means OpenAI
+messages, ``conversations`` ShareGPT, and ``instruction`` + ``output`` Alpaca; anything else is a
+``DataError`` that lists the columns found. Naming a chat format explicitly skips the guess.
+
+Label values are kept raw (mapping them to indices needs every source, so it happens later).
+This module must not import torch or transformers; ``datasets`` is imported only for that format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from pydantic import Field, model_validator
+
+from tuneforge.data import conversations, text_formats
+from tuneforge.data.conversations import DEFAULT_ROLE_MAP, InvalidConversation, json_type
+from tuneforge.data.readers import Triple, read_records
+from tuneforge.data.records import Row, content_key
+from tuneforge.data.rejects import RejectedRow
+from tuneforge.data.text_formats import SOURCE_NAME_KEY, Item, make_row
+from tuneforge.errors import DataError
+from tuneforge.sections import Section
+
+SourceFormat = Literal[
+    "auto", "csv", "tsv", "jsonl", "json", "parquet", "text", "text_files", "datasets",
+    "conll", "parallel", "alpaca", "sharegpt", "messages",
+]  # fmt: skip
+FORMATS: tuple[str, ...] = get_args(SourceFormat)
+RECORD_FORMATS = ("csv", "tsv", "jsonl", "json", "parquet", "datasets")
+CHAT_FORMATS = ("alpaca", "sharegpt", "messages")
+CONLL_SUFFIXES = (".conll", ".iob", ".iob2", ".bio")
+
+# Which formats each optional field means something for. A field set explicitly for a format that
+# ignores it is almost always a recipe mistake (e.g. target_path with format csv), so it is an error.
+_APPLIES_TO: dict[str, tuple[str, ...]] = {
+    "text_column": RECORD_FORMATS,
+    "label_column": RECORD_FORMATS,
+    "group_column": RECORD_FORMATS + CHAT_FORMATS,
+    "target_path": ("parallel",),
+    "conll_token_column": ("conll",),
+    "conll_tag_column": ("conll",),
+    "text_unit": ("text",),
+    "role_map": RECORD_FORMATS + ("sharegpt", "messages"),
+    "split": ("datasets",) + CHAT_FORMATS,
+}
+_GLOB = re.compile(r"[*?\[]")
+_DATASET_MARKERS = ("state.json", "dataset_dict.json")
+
+
+class SourceConfig(Section):
+    """One data source of a recipe. Relative paths are resolved against the recipe's folder."""
+
+    path: Path = Field(
+        ...,
+        description="The data file. For text_files: a directory (every *.txt below it) or a glob such as "
+        "docs/**/*.md. For datasets: a directory written by datasets' save_to_disk. For parallel: the "
+        "source-language file.",
+    )
+    format: SourceFormat = Field(
+        "auto",
+        description="How to read path. auto: parallel when target_path is set, else from the path (see "
+        "tuneforge.data.sources); chat records in jsonl/json/parquet/datasets are recognised by their keys.",
+    )
+    name: str | None = Field(
+        None, min_length=1, description="Name used in reports and data.weights; default: the path as written."
+    )
+    text_column: str = Field("text", min_length=1, description="Record column holding the text.")
+    label_column: str | None = Field(
+        "label",
+        description="Record column holding the label (kept raw here). null, or the default 'label' absent "
+        "from the first record, gives unlabeled text rows.",
+    )
+    group_column: str | None = Field(
+        None,
+        description="Record column copied to the row's group: rows sharing a group stay in the same split.",
+    )
+    target_path: Path | None = Field(
+        None, description="parallel only: the target-language file, line-aligned with path."
+    )
+    conll_token_column: int = Field(0, description="conll only: whitespace-separated column of the token.")
+    conll_tag_column: int = Field(-1, description="conll only: column of the tag (negative counts from the end).")
+    text_unit: Literal["line", "file"] = Field(
+        "line", description="text only: one row per non-blank line, or the whole file as one row."
+    )
+    role_map: dict[str, Literal["system", "user", "assistant"]] = Field(
+        default_factory=lambda: dict(DEFAULT_ROLE_MAP),
+        description="ShareGPT 'from' / messages 'role' value -> system, user or assistant. Replaces the "
+        "default (system; human, user -> user; gpt, assistant, model -> assistant) as a whole; tool and "
+        "function turns are rejected unless mapped here.",
+    )
+    split: str | None = Field(
+        None,
+        description="datasets only: the split to read from a saved DatasetDict; default: its only split.",
+    )
+    weight: float = Field(
+        1.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Sampling rate in the training split: 0.5 keeps about half of this source's rows, 3 "
+        "repeats each row three times, 2.5 twice plus once more with probability 0.5.",
+    )
+    max_rows: int | None = Field(
+        None, ge=1, description="Stop reading after this many good rows (rejects met on the way still count)."
+    )
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "SourceConfig":
+        if self.format == "parallel" and self.target_path is None:
+            raise ValueError("format 'parallel' needs target_path (the target-language file; path is the source)")
+        if self.format != "auto":
+            problem = inapplicable_fields(self, self.format)
+            if problem:
+                raise ValueError(problem)
+        if self.conll_token_column == self.conll_tag_column:
+            raise ValueError("conll_token_column and conll_tag_column must differ")
+        if self.label_column is not None and self.label_column == self.text_column:
+            raise ValueError(f"label_column and text_column are both '{self.text_column}'")
+        if "assistant" not in self.role_map.values():
+            raise ValueError("role_map maps no role to 'assistant': every chat row would be rejected")
+        return self
+
+
+def source_name(cfg: SourceConfig) -> str:
+    """The name reports and ``data.weights`` use for ``cfg``."""
+    return cfg.name if cfg.name is not None else str(cfg.path)
+
+
+def row_source_name(row: Row) -> str:
+    """The configured source a row came from (falls back to its file for rows built elsewhere)."""
+    return row.extra.get(SOURCE_NAME_KEY, row.source)
+
+
+def inapplicable_fields(cfg: SourceConfig, fmt: str) -> str | None:
+    """A message naming the explicitly set fields that ``fmt`` ignores, or None."""
+    wrong = [key for key, formats in _APPLIES_TO.items() if key in cfg.model_fields_set and fmt not in formats]
+    if not wrong:
+        return None
+    where = ", ".join(f"{key} (applies to: {', '.join(_APPLIES_TO[key])})" for key in wrong)
+    return f"format '{fmt}' does not use {where}; remove the key or change format"
+
+
+# ------------------------------------------------------------------------------- resolution
+
+
+def resolve_path(path: Path, base_dir: Path | None) -> Path:
+    path = Path(path).expanduser()
+    return path if path.is_absolute() or base_dir is None else Path(base_dir) / path
+
+
+def resolve_format(cfg: SourceConfig, path: Path) -> str:
+    """The concrete format of ``cfg`` (``path`` already resolved); see the module docstring."""
+    if cfg.format != "auto":
+        return cfg.format
+    if cfg.target_path is not None:
+        return "parallel"
+    if path.is_dir():
+        return "datasets" if _is_saved_dataset(path) else "text_files"
+    if _is_glob(path):
+        return "text_files"
+    suffix = path.suffix.lower()
+    inner = Path(path.stem).suffix.lower()  # "train.iob2.txt" -> ".iob2"
+    if suffix in CONLL_SUFFIXES or (suffix == ".txt" and inner in CONLL_SUFFIXES):
+        return "conll"
+    if suffix == ".txt":
+        return "text"
+    if suffix.lstrip(".") in RECORD_FORMATS:
+        return suffix.lstrip(".")
+    shown = f"suffix '{suffix}'" if suffix else "no suffix"
+    raise DataError(
+        f"cannot tell the format of {path}: {shown}; set format to one of: {', '.join(FORMATS[1:])}"
+    )
+
+
+def _is_glob(path: Path) -> bool:
+    # An existing file named like "data[1].csv" is a file, not a pattern.
+    return not path.exists() and _GLOB.search(str(path)) is not None
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return any((path / marker).is_file() for marker in _DATASET_MARKERS)
+
+
+def _record_container(path: Path, fmt: str) -> str:
+    """For chat formats: which record format holds the records."""
+    if path.is_dir():
+        return "datasets"
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix in RECORD_FORMATS:
+        return suffix
+    raise DataError(
+        f"format '{fmt}' reads records from .jsonl, .json, .parquet, .csv or .tsv files or a datasets "
+        f"directory; cannot tell how to read {path} (suffix '{path.suffix}')"
+    )
+
+
+# ------------------------------------------------------------------------------------ reading
+
+
+def iter_source(cfg: SourceConfig, base_dir: Path | None = None) -> Iterator[Item]:
+    """Stream ``cfg``'s rows and rejects in file order.
+
+    File-level problems (missing path, unknown format, empty/binary file, a field that does not
+    apply) raise ``DataError`` here, at the call; rows are read lazily. A configured column missing
+    from the first record raises ``DataError`` on the first ``next()``.
+    """
+    path = resolve_path(cfg.path, base_dir)
+    if not path.exists() and not _is_glob(path):
+        raise DataError(f"data file not found: {path}")
+    fmt = resolve_format(cfg, path)
+    problem = inapplicable_fields(cfg, fmt)
+    if problem:
+        raise DataError(f"source {source_name(cfg)}: {problem}")
+    items = _open_source(cfg, fmt, path, base_dir)
+    return _first_rows(items, cfg.max_rows) if cfg.max_rows is not None else items
+
+
+def _open_source(cfg: SourceConfig, fmt: str, path: Path, base_dir: Path | None) -> Iterator[Item]:
+    name = source_name(cfg)
+    if fmt == "text":
+        return text_formats.read_text(path, name, cfg.text_unit)
+    if fmt == "text_files":
+        return text_formats.read_text_files(path, name)
+    if fmt == "conll":
+        return text_formats.read_conll(path, name, cfg.conll_token_column, cfg.conll_tag_column)
+    if fmt == "parallel":
+        assert cfg.target_path is not None  # resolve_format only picks parallel with a target
+        target = resolve_path(cfg.target_path, base_dir)
+        return text_formats.read_parallel(path, target, name)
+    if fmt in CHAT_FORMATS:
+        container = _record_container(path, fmt)
+        return _record_items(cfg, path, _records(path, container, cfg.split), name, chat_format=fmt)
+    return _record_items(cfg, path, _records(path, fmt, cfg.split), name, chat_format=None)
+
+
+def _first_rows(items: Iterator[Item], limit: int) -> Iterator[Item]:
+    kept = 0
+    try:
+        for item in items:
+            yield item
+            if isinstance(item, Row):
+                kept += 1
+                if kept >= limit:
+                    return
+    finally:
+        # Close the reader now (and with it the file) rather than whenever it is garbage-collected.
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+
+
+# ------------------------------------------------------------------------------- record files
+
+
+def _records(path: Path, container: str, split: str | None) -> Iterator[Triple]:
+    if container == "datasets":
+        return _dataset_records(path, split)
+    if split is not None:
+        raise DataError(f"split '{split}' is set, but {path} is a {container} file, not a datasets directory")
+    if container != "parquet":
+        text_formats.check_text_file(path)
+    return read_records(path, container)
+
+
+def _dataset_records(path: Path, split: str | None) -> Iterator[Triple]:
+    """Rows of a ``save_to_disk`` directory. The Arrow files are memory-mapped, so iterating does not
+    load the data set into memory; ``line`` is the 1-based row number."""
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as exc:  # noqa: BLE001 - the library raises anything from OSError to IndexError
+        # (an empty saved dataset) for a directory it cannot load: all of it is a bad input directory.
+        raise DataError(
+            f"cannot read {path} as a datasets directory (written by save_to_disk): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = list(loaded)
+        if split is None and len(splits) != 1:
+            raise DataError(f"{path} holds several splits ({', '.join(splits)}); set split to one of them")
+        chosen = split if split is not None else splits[0]
+        if chosen not in loaded:
+            raise DataError(f"{path} has no split '{chosen}' (splits: {', '.join(splits)})")
+        loaded = loaded[chosen]
+    elif split is not None:
+        raise DataError(f"split '{split}' is set, but {path} holds a single Dataset, not a DatasetDict")
+    if len(loaded) == 0:
+        raise DataError(f"data file has no rows: {path} is an empty dataset")
+    return ((number, dict(record), None) for number, record in enumerate(loaded, start=1))
+
+
+Convert = Callable[[int, dict[str, Any]], Item]
+
+
+def _record_items(
+    cfg: SourceConfig, path: Path, triples: Iterator[Triple], name: str, chat_format: str | None
+) -> Iterator[Item]:
+    convert: Convert | None = None
+    for line, record, rejected in triples:
+        if rejected is not None:
+            yield rejected
+            continue
+        assert record is not None
+        if convert is None:  # the first good record decides how every record is read
+            convert = _converter(cfg, path, line, record, name, chat_format)
+        yield convert(line, record)
+
+
+def _converter(
+    cfg: SourceConfig, path: Path, line: int, first: dict[str, Any], name: str, chat_format: str | None
+) -> Convert:
+    columns = ", ".join(first) or "none"
+    if cfg.group_column is not None and cfg.group_column not in first:
+        raise DataError(f"{path}: line {line}: no group_column '{cfg.group_column}' (columns: {columns})")
+    if chat_format is None and cfg.text_column not in first:
+        chat_format = None if "text_column" in cfg.model_fields_set else detect_chat_format(first)
+        if chat_format is None:
+            raise DataError(
+                f"{path}: line {line}: no column '{cfg.text_column}' (columns: {columns}); set text_column, "
+                "or format to alpaca, sharegpt or messages for chat data"
+            )
+        problem = inapplicable_fields(cfg, chat_format)
+        if problem:
+            raise DataError(f"{path}: records look like {chat_format} chats, but {problem}")
+    if chat_format is not None:
+        return partial(_chat_item, cfg, path, name, chat_format)
+    labelled = cfg.label_column is not None and cfg.label_column in first
+    if cfg.label_column is not None and not labelled and "label_column" in cfg.model_fields_set:
+        raise DataError(
+            f"{path}: line {line}: no label_column '{cfg.label_column}' (columns: {columns}); "
+            "set label_column to null for unlabeled text"
+        )
+    return partial(_text_item, cfg, path, name, labelled)
+
+
+def detect_chat_format(record: Mapping[str, Any]) -> str | None:
+    """The chat format a record's keys identify, or None."""
+    if "messages" in record:
+        return "messages"
+    if "conversations" in record:
+        return "sharegpt"
+    if "instruction" in record and "output" in record:
+        return "alpaca"
+    return None
+
+
+def _text_item(
+    cfg: SourceConfig, path: Path, name: str, labelled: bool, line: int, record: dict[str, Any]
+) -> Item:
+    reason = _text_problem(record, cfg.text_column)
+    if reason is None and labelled:
+        reason = _value_problem(record, cfg.label_column, "label")
+    if reason is None and cfg.group_column is not None:
+        reason = _value_problem(record, cfg.group_column, "group", allow_empty=True)
+    if reason is not None:
+        return _record_reject(path, line, reason, record)
+    data = {
+        "text": record[cfg.text_column],
+        "label": record[cfg.label_column] if labelled else None,
+        "group": _group(record, cfg.group_column),
+    }
+    return make_row("text", data, path, line, name)
+
+
+def _chat_item(
+    cfg: SourceConfig, path: Path, name: str, fmt: str, line: int, record: dict[str, Any]
+) -> Item:
+    try:
+        if fmt == "alpaca":
+            messages = conversations.from_alpaca(record)
+        elif fmt == "sharegpt":
+            messages = conversations.from_sharegpt(record, cfg.role_map)
+        else:
+            messages = conversations.from_messages(record, cfg.role_map)
+    except InvalidConversation as exc:
+        return _record_reject(path, line, str(exc), record)
+    if cfg.group_column is not None:
+        reason = _value_problem(record, cfg.group_column, "group", allow_empty=True)
+        if reason is not None:
+            return _record_reject(path, line, reason, record)
+    return make_row("chat", {"messages": messages, "group": _group(record, cfg.group_column)}, path, line, name)
+
+
+def _text_problem(record: dict[str, Any], column: str) -> str | None:
+    if column not in record:
+        return f"missing column '{column}'"
+    text = record[column]
+    if text is not None and not isinstance(text, str):
+        return f"text is not a string (got {json_type(text)})"
+    if text is None or not text.strip():
+        return "empty text"
+    return None
+
+
+def _value_problem(
+    record: dict[str, Any], column: str | None, what: str, allow_empty: bool = False
+) -> str | None:
+    """Labels and groups must be scalars; an empty label is a bad row, an empty group is no group."""
+    assert column is not None
+    if column not in record:
+        return f"missing column '{column}'"
+    value = record[column]
+    if _is_empty(value):
+        return None if allow_empty else f"empty {what}"
+    if not isinstance(value, (str, int, float)):
+        return f"{what} is not a string or number (got {json_type(value)})"
+    return None
+
+
+def _is_empty(value: Any) -> bool:
+    # NaN is how pandas-written parquet marks a missing number.
+    return (
+        value is None
+        or (isinstance(value, str) and not value.strip())
+        or (isinstance(value, float) and math.isnan(value))
+    )
+
+
+def _group(record: dict[str, Any], column: str | None) -> Any:
+    if column is None or _is_empty(record.get(column)):
+        return None
+    return record[column]
+
+
+def _record_reject(path: Path, line: int, reason: str, record: dict[str, Any]) -> RejectedRow:
+    # The parsed record stands in for the raw line; default=str covers parquet dates and decimals.
+    raw = json.dumps(record, ensure_ascii=False, default=str)
+    return RejectedRow(file=str(path), line=line, reason=reason, raw=raw)
+
+
+# ------------------------------------------------------------------------------------ weights
+
+
+def apply_weights(rows: Iterable[Row], weights: Mapping[str, float], seed: int) -> Iterator[Row]:
+    """Resample training rows by their source's weight (sources not in ``weights`` keep 1.0).
+
+    Weight ``w`` yields ``floor(w)`` copies of a row plus one more with probability ``frac(w)``, so
+    ``w < 1`` keeps about a fraction ``w`` of the source and ``w > 1`` repeats it. The first copy is
+    the row itself; the k-th repeat is a new row with ``extra["repeat"] = k``. The coin for a row is
+    a hash of (seed, origin, content), not a shared random stream: the result is the same for a
+    given seed whatever order the rows come in and whatever other sources are mixed in.
+    """
+    for key, weight in weights.items():
+        if not (weight > 0 and math.isfinite(weight)):
+            raise ValueError(f"weight of source '{key}' must be a positive finite number, got {weight}")
+    for row in rows:
+        weight = weights.get(row_source_name(row), 1.0)
+        if weight == 1.0:
+            yield row
+            continue
+        copies = math.floor(weight)
+        if _coin(seed, row) < weight - copies:
+            copies += 1
+        for repeat in range(copies):
+            yield row if repeat == 0 else replace(row, extra={**row.extra, "repeat": repeat})
+
+
+def _coin(seed: int, row: Row) -> float:
+    """A uniform number in [0, 1) that depends only on ``seed`` and the row's identity."""
+    key = f"{seed}\x1f{row.origin}\x1f{row.derived_from}\x1f{content_key(row)}"
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
