@@ -64,10 +64,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_TSV = REPO / "data" / "sst2" / "train.tsv"
 DEV_TSV = REPO / "data" / "sst2" / "dev.tsv"
-DOCS_MD = REPO / "docs" / "benchmarks.md"
-DOCS_JSON = REPO / "docs" / "bench" / "train_throughput.json"
-START_MARK = "<!-- train_throughput:start -->"
-END_MARK = "<!-- train_throughput:end -->"
 MAX_LENGTH = 128
 EVAL_BATCH_SIZE = 64
 
@@ -274,8 +270,9 @@ def render(report: dict) -> str:
 
 
 def write_docs(report: dict) -> None:
-    section = "\n".join([
-        START_MARK,
+    from _docs import write_section
+
+    write_section("train_throughput", [
         "## Training throughput: tuneforge vs transformers.Trainer (CPU)",
         "",
         f"Command: `{report['command']}`  ",
@@ -290,20 +287,7 @@ def write_docs(report: dict) -> None:
         table(report["results"]),
         "",
         *(f"- {line}" for line in notes(report)),
-        END_MARK,
-    ])
-    text = DOCS_MD.read_text() if DOCS_MD.exists() else "# Benchmarks\n"
-    if START_MARK in text and END_MARK in text:
-        head, rest = text.split(START_MARK, 1)
-        _, tail = rest.split(END_MARK, 1)
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOCS_MD.parent.mkdir(parents=True, exist_ok=True)
-    DOCS_MD.write_text(text)
-    DOCS_JSON.parent.mkdir(parents=True, exist_ok=True)
-    DOCS_JSON.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {DOCS_MD} and {DOCS_JSON}")
+    ], report)
 
 
 # --------------------------------------------------------------------------------------------- main

@@ -93,3 +93,15 @@ def test_decontamination_drop_names_the_eval_row_and_split():
 def test_bands_must_divide_num_perm():
     with pytest.raises(ValueError, match=r"dedup.bands \(10\) must divide dedup.num_perm \(128\)"):
         DedupConfig(bands=10)
+
+
+def test_rows_with_different_labels_are_not_duplicates():
+    rows = [Row("text", {"text": t, "label": lab}, "t.tsv", i + 1)
+            for i, (t, lab) in enumerate([("not a good film", "neg"), ("not a good film", "pos"),
+                                          ("Not a good film!", "neg")])]
+    out = list(deduplicate(rows, DedupConfig()))
+    assert [isinstance(r, Row) for r in out] == [True, True, False]
+    assert out[2].of == "t.tsv:1"
+    # opting out compares texts only
+    out = list(deduplicate(rows, DedupConfig(same_label_only=False)))
+    assert [isinstance(r, Row) for r in out] == [True, False, False]

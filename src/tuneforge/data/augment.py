@@ -222,10 +222,10 @@ def _back_translate(
     texts = [r.data["text"] for r in rows]
     gen = dict(max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams, batch_size=cfg.batch_size)
     # One model in memory at a time: the pivot texts are small, two translation models may not be.
-    forward = _load(loader, cfg.forward_model or "", "augment.back_translation.forward_model", seq2seq=True)
+    forward = _load(loader, cfg.forward_model or "", "data.augment.back_translation.forward_model", seq2seq=True)
     pivot = generate_seq2seq(*forward, texts, prefix=cfg.forward_prefix, **gen)
     del forward
-    backward = _load(loader, cfg.backward_model or "", "augment.back_translation.backward_model", seq2seq=True)
+    backward = _load(loader, cfg.backward_model or "", "data.augment.back_translation.backward_model", seq2seq=True)
     back = generate_seq2seq(*backward, pivot, prefix=cfg.backward_prefix, **gen)
     for row, mid, text in zip(rows, pivot, back):
         out.add(row, text if mid.strip() else "", "back_translation")
@@ -234,10 +234,10 @@ def _back_translate(
 def _paraphrase(
     rows: Sequence[Row], cfg: ParaphraseConfig, seed: int, loader: ModelLoader, out: _Collector
 ) -> None:
-    model, tokenizer = _load(loader, cfg.model or "", "augment.paraphrase.model", seq2seq=False)
+    model, tokenizer = _load(loader, cfg.model or "", "data.augment.paraphrase.model", seq2seq=False)
     if not getattr(tokenizer, "chat_template", None):
         raise ModelResolutionError(
-            f"augment.paraphrase.model: the tokenizer of '{cfg.model}' has no chat template; "
+            f"data.augment.paraphrase.model: the tokenizer of '{cfg.model}' has no chat template; "
             "use an instruction-tuned model (e.g. SmolLM2-Instruct)"
         )
     prompts = [cfg.prompt.replace("{text}", r.data["text"]) for r in rows]

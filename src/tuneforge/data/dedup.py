@@ -49,6 +49,9 @@ class DedupConfig(Section):
                               "weighted 0.2/0.8 towards fewer false negatives.")
     seed: int = Field(1, description="MinHash permutation seed (datasketch's default is 1).")
     chunk_size: int = Field(8192, ge=64, description="Rows hashed per batch (memory vs. speed).")
+    same_label_only: bool = Field(True, description="Labelled rows are duplicates only of rows with the same "
+                                  "label: 'good' labelled positive and negative is a labelling conflict, not "
+                                  "a copy, and dropping one would hide it.")
 
     @model_validator(mode="after")
     def _check_bands(self) -> "DedupConfig":
@@ -177,8 +180,10 @@ class DuplicateIndex:
     ``add=False``, used to *query* an index of evaluation rows without growing it).
     """
 
-    def __init__(self, cfg: DedupConfig, *, threshold: float | None = None, workdir: Path | None = None):
+    def __init__(self, cfg: DedupConfig, *, threshold: float | None = None, workdir: Path | None = None,
+                 by_label: bool | None = None):
         self.cfg = cfg
+        self.by_label = cfg.same_label_only if by_label is None else by_label
         self.threshold = cfg.threshold if threshold is None else threshold
         self.bands, self.rows_per_band = cfg.band_layout()
         self._exact = _Segments(1)
@@ -218,14 +223,25 @@ class DuplicateIndex:
         """Exact hashes ``[n, 1]``, band keys ``[n, bands]`` and signatures ``[n, num_perm]``."""
         texts = [normalize_for_dedup(content_key(r)) for r in rows]
         exact = bands = sigs = None
+        # Mixing a hash of the label into every key makes rows with different labels never meet
+        # in the index, so they are never compared (see DedupConfig.same_label_only).
+        salt = None
+        if self.by_label:
+            salt = np.fromiter((_exact_hash(repr(r.data.get("label"))) if r.kind == "text" else 0 for r in rows),
+                               dtype=np.uint64, count=len(rows))
         if self.cfg.exact:
             exact = np.fromiter((_exact_hash(t) for t in texts), dtype=np.uint64, count=len(texts))[:, None]
+            if salt is not None:
+                exact ^= salt[:, None]
         if self.cfg.near:
             sigs = signatures(texts, self.cfg.num_perm, self.cfg.seed, size=self.cfg.shingle_size,
                               unit=self.cfg.shingle_unit)
+            keys = band_keys(sigs, self.bands, self.rows_per_band)
+            if salt is not None:
+                keys ^= salt[:, None]
             # 32-bit band keys halve the index; a chance key collision only adds a candidate, which
             # the full-signature check then rejects.
-            bands = (band_keys(sigs, self.bands, self.rows_per_band) >> np.uint64(32)).astype(np.uint32)
+            bands = (keys >> np.uint64(32)).astype(np.uint32)
         return exact, bands, sigs
 
     def _similarity(self, sig: np.ndarray, row_id: int, chunk_sigs: np.ndarray | None, chunk_base: int) -> float:
@@ -358,7 +374,8 @@ def decontaminate(rows: Iterable[Row], eval_sets: dict[str, Sequence[Row]], cfg:
     base = dedup or DedupConfig()
     index_cfg = base.model_copy(update={"exact": True, "near": cfg.near, "threshold": cfg.threshold,
                                         "bands": None if base.threshold != cfg.threshold else base.bands})
-    with DuplicateIndex(index_cfg, workdir=workdir) as index:
+    # by_label=False: a dev sentence copied into training is contamination whatever its label.
+    with DuplicateIndex(index_cfg, workdir=workdir, by_label=False) as index:
         for name, eval_rows in eval_sets.items():
             index.add(eval_rows, tag=name)
         yield from index.filter(rows, add=False)

@@ -192,8 +192,13 @@ def prepare_dataset(data_cfg, *, seed: int, out_dir: Path, base_dir: Path | None
             decon = decontaminate(train_rows, {k: v for k, v in held.items() if v}, data_cfg.decontaminate,
                                   data_cfg.dedup, workdir=out_dir)
             kept_train = _drop_contaminated(decon, data_cfg.decontaminate.action, rejects, contaminated)
-            train_out = apply_weights(kept_train, weights, seed) if weights else kept_train
-            n_train = _write_split(out_dir / "train.jsonl", train_out, report, data_cfg.max_train_samples)
+            sampling: dict[str, Counter] = {}
+            counted = _count_by_source(kept_train, sampling, "in")
+            weighted = apply_weights(counted, weights, seed) if weights else counted
+            capped = _first(weighted, data_cfg.max_train_samples)
+            n_train = _write_split(out_dir / "train.jsonl", _count_by_source(capped, sampling, "out"), report)
+        if weights or data_cfg.max_train_samples is not None:
+            report.set_sampling({name: {"in": c["in"], "out": c["out"]} for name, c in sampling.items()})
         report.set_decontamination(contaminated)
         spill.unlink()
 
@@ -204,7 +209,7 @@ def prepare_dataset(data_cfg, *, seed: int, out_dir: Path, base_dir: Path | None
                 n_train = _augment_train(out_dir / "train.jsonl", data_cfg, seed, report, n_train)
         counts = {"train": n_train}
         for split in ("validation", "test"):
-            counts[split] = _write_split(out_dir / f"{split}.jsonl", iter(held[split]), report, None)
+            counts[split] = _write_split(out_dir / f"{split}.jsonl", iter(held[split]), report)
         if counts["train"] == 0 or (counts["validation"] == 0 and split_cfg.validation_fraction > 0):
             raise DataError(f"no usable rows after preparation: {counts} (see {out_dir / 'data_report.md'})")
         report.set_sources({name: {"read": c["read"], "rejected": c["rejected"], "kept": c["read"] - c["rejected"]}
@@ -298,13 +303,24 @@ def _drop_contaminated(items: Iterable[Row | Duplicate], action: str, rejects: _
         yield item
 
 
-def _write_split(path: Path, rows: Iterator[Row], report: DataReport, limit: int | None) -> int:
+def _count_by_source(rows: Iterable[Row], counts: dict[str, Counter], key: str) -> Iterator[Row]:
+    for row in rows:
+        counts.setdefault(_source_of(row), Counter())[key] += 1
+        yield row
+
+
+def _first(rows: Iterable[Row], limit: int | None) -> Iterator[Row]:
+    """The first ``limit`` rows; the rest are still consumed so the "in" counts stay complete."""
+    for n, row in enumerate(rows):
+        if limit is None or n < limit:
+            yield row
+
+
+def _write_split(path: Path, rows: Iterator[Row], report: DataReport) -> int:
     n = 0
     tmp = path.with_suffix(".jsonl.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         for row in rows:
-            if limit is not None and n >= limit:
-                break
             if not row.augmented:
                 report.add_after(row)
             fh.write(json.dumps(row_to_json(row), ensure_ascii=False) + "\n")

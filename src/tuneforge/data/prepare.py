@@ -103,3 +103,28 @@ def encode(tokenizer, split: Split, max_length: int):
 
     ids = tokenizer(split.texts, truncation=True, max_length=max_length)["input_ids"]
     return Encoded(input_ids=ids, labels=list(split.labels))
+
+
+def encode_cached(tokenizer, data: PreparedData, split_name: str, max_length: int, data_section: dict,
+                  cache_root: Path | None = None):
+    """``encode`` through the token cache.
+
+    The key hashes the prepared split file (so any change upstream: source bytes, cleaning,
+    dedup, split, changes it), the recipe's data section, the tokenizer (vocabulary, normaliser,
+    special tokens, template) and ``max_length``; a changed tokenizer therefore never reuses a
+    stale entry.
+    """
+    from tuneforge.data.batching import Encoded
+    from tuneforge.data.token_cache import TokenCache, cache_key
+
+    split = getattr(data, split_name)
+    path = Path(data.out_dir) / f"{split_name}.jsonl"
+    extra = {"task": "classification", "max_length": max_length, "label_names": data.label_names}
+    key = cache_key(data_files=[path], data_section=data_section, tokenizer=tokenizer, template=None, extra=extra)
+
+    def build() -> dict[str, list]:
+        enc = encode(tokenizer, split, max_length)
+        return {"input_ids": enc.input_ids, "labels": enc.labels}
+
+    ds = TokenCache(cache_root).get_or_build(key, build, meta={"split": split_name, "file": str(path)})
+    return Encoded(input_ids=[list(x) for x in ds["input_ids"]], labels=list(ds["labels"]))

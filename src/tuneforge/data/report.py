@@ -82,6 +82,7 @@ class DataReport:
         self.duplicates: list[dict[str, Any]] = []
         self.decontamination: list[dict[str, Any]] = []
         self.augmentation: dict[str, int] = {}
+        self.sampling: dict[str, dict[str, int]] = {}
         self.splits: dict[str, dict[str, Any]] = {}
         self.timings: dict[str, float] = {}
 
@@ -143,6 +144,11 @@ class DataReport:
                     labels[str(label)] += 1
             self.set_split_counts(name, rows=total, augmented=augmented, labels=labels)
 
+    def set_sampling(self, counts: Mapping[str, Mapping[str, int]]) -> None:
+        """Training rows per source before and after ``weight`` resampling and ``max_train_samples``:
+        ``{source: {"in": n, "out": m}}``; rows sampled away are reported here, not silently lost."""
+        self.sampling = {name: dict(c) for name, c in counts.items()}
+
     def set_split_counts(self, name: str, *, rows: int, augmented: int, labels: Mapping[str, int]) -> None:
         """One split's counts, for a pipeline that streams the split to disk instead of holding it."""
         self.splits[name] = {"rows": rows, "augmented": augmented, "labels": _ordered(labels)}
@@ -191,6 +197,7 @@ class DataReport:
                 "hits": self.decontamination,
             },
             "augmentation": {"total": sum(self.augmentation.values()), "by_operation": self.augmentation},
+            "sampling": self.sampling,
             "splits": self.splits,
             "timings_s": {stage: round(s, 4) for stage, s in self.timings.items()},
         }
@@ -276,12 +283,23 @@ def render_markdown(data: Mapping[str, Any]) -> str:
             + "."
         )),
         _augmentation_section(data["augmentation"]),
+        _sampling_section(data.get("sampling", {})),
         _splits_section(data),
         _lengths_section(data["lengths"]),
         _plots_section(data.get("plots", {})),
         _timings_section(data["timings_s"]),
     ]
     return "\n\n".join(s for s in sections if s) + "\n"
+
+
+def _sampling_section(sampling: Mapping[str, Mapping[str, int]]) -> str:
+    if not sampling:
+        return ""
+    lines = ["## Training-set sampling", "",
+             "Rows per source before and after source weights and data.max_train_samples.", "",
+             "| source | in | out |", "|---|---:|---:|"]
+    lines += [f"| {name} | {c.get('in', 0):,} | {c.get('out', 0):,} |" for name, c in sampling.items()]
+    return "\n".join(lines)
 
 
 def _stage_table(data: Mapping[str, Any]) -> str:

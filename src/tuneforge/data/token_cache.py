@@ -87,6 +87,16 @@ def file_digest(path: Path) -> str:
     return digest
 
 
+def _backend_json(backend: Any) -> dict[str, Any]:
+    """The fast tokenizer's JSON without its call-time state: ``tokenizer(..., truncation=True,
+    max_length=n)`` writes truncation/padding settings into the backend, which must not change the
+    key (max_length, where it matters, goes into the key's ``extra``)."""
+    state = json.loads(backend.to_str())
+    state.pop("truncation", None)
+    state.pop("padding", None)
+    return state
+
+
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """SHA-256 over everything about ``tokenizer`` that changes the ids it produces."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -94,7 +104,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
         "class": type(tokenizer).__name__,
         # A fast tokenizer's JSON holds model, vocab, merges, added tokens, normaliser, pre-tokeniser
         # and post-processor; for a slow one the vocabulary stands in for it.
-        "backend": backend.to_str() if backend is not None else sorted(tokenizer.get_vocab().items()),
+        "backend": _backend_json(backend) if backend is not None else sorted(tokenizer.get_vocab().items()),
         "added_tokens": {int(i): repr(t) for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()},
         "special_tokens": getattr(tokenizer, "special_tokens_map", {}),
         "chat_template": getattr(tokenizer, "chat_template", None),

@@ -117,7 +117,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
     """Fine-tune per ``recipe``; evaluate the best checkpoint; export if ``recipe.export.enabled``."""
     from accelerate.utils import gather_object, set_seed
 
-    from tuneforge.data.prepare import encode, load_prepared, prepare_classification
+    from tuneforge.data.prepare import encode_cached, load_prepared, prepare_classification
     from tuneforge.models.build import build_model, load_tokenizer
     from tuneforge.models.resolve import resolve_model
     from tuneforge.train.checkpoint import TrainState, load_best, load_last
@@ -149,8 +149,9 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
     resolved = resolve_model(recipe.model.name, allow_pickle=recipe.model.allow_pickle)
     set_seed(recipe.seed)
     tokenizer = load_tokenizer(resolved, recipe.model.trust_remote_code)
-    train_enc = encode(tokenizer, data.train, recipe.model.max_length)
-    val_enc = encode(tokenizer, data.validation, recipe.model.max_length)
+    section = recipe.data.model_dump(mode="json")
+    train_enc = encode_cached(tokenizer, data, "train", recipe.model.max_length, section)
+    val_enc = encode_cached(tokenizer, data, "validation", recipe.model.max_length, section)
     model, params = build_model(recipe, resolved, data.label_names, tokenizer.pad_token_id)
     say(f"model: {recipe.model.name} ({resolved.source}: {resolved.path}); method {recipe.method}; {params}")
 
