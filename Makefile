@@ -33,6 +33,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py --write-docs
+	$(PY) bench/data_throughput.py --write-docs
 
 clean:
 	rm -rf runs .pytest_cache

@@ -150,10 +150,7 @@ def test_empty_file_is_a_clear_error(tmp_path, name):
 def test_missing_validation_file_is_a_clear_error(tmp_path):
     train = tmp_path / "train.jsonl"
     train.write_text(good_jsonl(), encoding="utf-8")
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"name": "prep", "output_dir": str(tmp_path / "runs"),
-                                      "data": {"train_file": str(train), "validation_file": str(tmp_path / "dev.jsonl")}}))
-    result = prepare(recipe)
+    result = prepare(write_recipe(tmp_path, train, validation_file=str(tmp_path / "dev.jsonl"), split={}))
     assert result.exit_code == 2
     assert f"error: data file not found: {tmp_path / 'dev.jsonl'}" in result.output
 
