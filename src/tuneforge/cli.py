@@ -7,6 +7,7 @@ Heavy libraries (torch, transformers, peft) are imported inside the commands tha
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -119,8 +120,9 @@ def prepare(recipe: Path = typer.Argument(..., help="Recipe YAML file."), overri
 
         cfg = _load(recipe, overrides)
         out = cfg.run_dir / "data"
-        prepared = prepare_dataset(cfg.data, seed=cfg.seed, out_dir=out, labeled=cfg.task == "classification",
-                                   progress=None)
+        with _row_counter("preparing data") as tick:
+            prepared = prepare_dataset(cfg.data, seed=cfg.seed, out_dir=out, labeled=cfg.task == "classification",
+                                       progress=tick)
         _print_data_summary(prepared, out)
         if preview:
             from tuneforge.data.preview_command import print_preview
@@ -129,10 +131,33 @@ def prepare(recipe: Path = typer.Argument(..., help="Recipe YAML file."), overri
     _guard(body)
 
 
+@contextlib.contextmanager
+def _row_counter(what: str):
+    """A live "rows read" counter on a terminal (reading a big corpus takes minutes); silent otherwise."""
+    if not sys.stdout.isatty():
+        yield None
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn(f"{what}: {{task.completed:,}} rows read"), TimeElapsedColumn(),
+                  transient=True) as bar:
+        task = bar.add_task(what, total=None)
+        count = 0
+
+        def tick() -> None:
+            nonlocal count
+            count += 1
+            if count % 1000 == 0:
+                bar.update(task, completed=count)
+
+        yield tick
+
+
 def _print_data_summary(prepared, out: Path) -> None:
     report = prepared.report
     dups = report["duplicates"]
-    print(f"rows read: {report['rows']['before']:,}; rejected or removed: {report['rejected']['total']:,} "
+    read = sum(c["read"] for c in report["sources"].values())
+    print(f"rows read: {read:,}; rejected or removed: {report['rejected']['total']:,} "
           f"(exact duplicates {dups['exact']:,}, near-duplicates {dups['near']:,}, "
           f"contaminated {report['decontamination']['total']:,})")
     print("splits: " + ", ".join(f"{name} {n:,}" for name, n in prepared.counts.items()))

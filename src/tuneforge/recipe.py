@@ -121,17 +121,19 @@ class DataSection(Section):
             raise ValueError("data: no validation data: set data.validation_file or data.split.validation_fraction > 0")
         return self
 
-    def _file_source(self, path: Path) -> SourceConfig:
+    def _file_source(self, path: Path, columns: tuple[str, ...]) -> SourceConfig:
         # Only the column options the user set: a source rejects options its format ignores.
-        shared = {k: getattr(self, k) for k in ("text_column", "label_column", "group_column")
-                  if k in self.model_fields_set}
+        shared = {k: getattr(self, k) for k in columns if k in self.model_fields_set}
         return SourceConfig(path=path, format=self.format, **shared)
 
     def training_sources(self) -> list[SourceConfig]:
-        return list(self.sources) if self.sources else [self._file_source(self.train_file)]
+        if self.sources:
+            return list(self.sources)
+        return [self._file_source(self.train_file, ("text_column", "label_column", "group_column"))]
 
     def evaluation_sources(self) -> dict[str, SourceConfig]:
-        return {split: self._file_source(path) for split, path in
+        # No group column: groups only decide the split of the training rows.
+        return {split: self._file_source(path, ("text_column", "label_column")) for split, path in
                 (("validation", self.validation_file), ("test", self.test_file)) if path is not None}
 
 

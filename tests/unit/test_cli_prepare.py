@@ -93,10 +93,6 @@ def test_truncated_last_jsonl_line_is_quarantined(tmp_path):
         str(train), 21, "read", "malformed JSON: Unterminated string starting at (column 10)")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cli._print_data_summary (src/tuneforge/cli.py) prints report['rows']['before'] as 'rows read', "
-    "which excludes rows rejected while reading: 21 records with 1 unreadable print 'rows read: 20; "
-    "rejected or removed: 1', yet all 20 other rows are in the splits"))
 def test_summary_counts_every_row_read(tmp_path):
     train = tmp_path / "train.jsonl"
     train.write_text(good_jsonl() + '{"text": "cut off', encoding="utf-8")

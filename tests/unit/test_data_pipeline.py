@@ -205,10 +205,6 @@ def test_markdown_report_has_the_stage_table_and_the_first_pairs(corpus):
     assert "rejected.jsonl" in md
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pipeline._pair (src/tuneforge/data/pipeline.py) stores only the dropped row's text, never "
-    "'duplicate_text', so the Markdown column 'Duplicate text' is empty for every pair the pipeline "
-    "reports (report.pair_record would fill it)"))
 def test_markdown_pairs_show_the_text_of_the_row_that_was_kept(corpus):
     md = (corpus["out"] / "data_report.md").read_text(encoding="utf-8")
     kept_text = corpus["records"][2]["text"]
@@ -363,10 +359,6 @@ def test_decontaminate_report_keeps_the_row_and_lists_it(tmp_path):
     ]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "report.render_markdown (src/tuneforge/data/report.py, _stage_table and the Decontamination "
-    "summary) always says 'removed by decontamination' / 'removed from training', but with "
-    "decontaminate.action=report the rows were kept; the report is never told the action"))
 def test_decontaminate_report_does_not_claim_rows_were_removed(tmp_path):
     train, dev = contaminated_corpus(tmp_path)
     cfg = section(train_file=str(train), validation_file=str(dev), decontaminate={"action": "report"})
@@ -381,7 +373,7 @@ def test_decontaminate_disabled_does_nothing(tmp_path):
     cfg = section(train_file=str(train), validation_file=str(dev), decontaminate={"enabled": False})
     prepared = prepare_dataset(cfg, seed=0, out_dir=tmp_path / "out")
     assert prepared.counts == {"train": 11, "validation": 4, "test": 0}
-    assert prepared.report["decontamination"] == {"total": 0, "by_eval_split": {}, "hits": []}
+    assert prepared.report["decontamination"] == {"total": 0, "action": "drop", "by_eval_split": {}, "hits": []}
     assert (tmp_path / "out" / "rejected.jsonl").read_text() == ""
 
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from tuneforge.data.readers import json_type
+
 Messages = list[dict[str, str]]
 
 CHAT_ROLES: tuple[str, ...] = ("system", "user", "assistant")
@@ -43,17 +45,6 @@ DEFAULT_ROLE_MAP: dict[str, str] = {
 
 class InvalidConversation(ValueError):
     """A chat record that cannot be normalised; ``str(exc)`` is the reject reason."""
-
-
-def json_type(value: Any) -> str:
-    """JSON's name for the type of ``value``, so reasons match what users see in their file."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
 
 
 # ------------------------------------------------------------------------------- per format

@@ -152,7 +152,12 @@ def prepare_dataset(data_cfg, *, seed: int, out_dir: Path, base_dir: Path | None
         if not split_labels:
             raise DataError("no usable training rows: every row was rejected or removed "
                             f"(see {out_dir / 'rejected.jsonl'})")
+        _fill_duplicate_texts(duplicates, _texts_in_spill(spill, {d["duplicate_of"] for d in duplicates}))
         report.set_duplicates(duplicates)
+
+        # Label names are settled by the training rows alone: an evaluation label never seen in
+        # training is rejected, not silently turned into a class the model cannot learn.
+        names = labels.finish() if labels is not None else None
 
         # ---- evaluation files (cleaned like training rows, never deduplicated against them)
         given = {}
@@ -162,7 +167,6 @@ def prepare_dataset(data_cfg, *, seed: int, out_dir: Path, base_dir: Path | None
                 raise DataError(f"no usable rows in the {split} file {source.path}")
             given[split] = rows
         _check_rejected(read_counts, data_cfg.max_rejected_fraction, rejects.per_source)
-        names = labels.finish() if labels is not None else None
 
         # ---- split what was not given as a file
         split_cfg = data_cfg.split
@@ -199,7 +203,8 @@ def prepare_dataset(data_cfg, *, seed: int, out_dir: Path, base_dir: Path | None
             n_train = _write_split(out_dir / "train.jsonl", _count_by_source(capped, sampling, "out"), report)
         if weights or data_cfg.max_train_samples is not None:
             report.set_sampling({name: {"in": c["in"], "out": c["out"]} for name, c in sampling.items()})
-        report.set_decontamination(contaminated)
+        _fill_duplicate_texts(contaminated, _texts_of(held, {h["duplicate_of"] for h in contaminated}))
+        report.set_decontamination(contaminated, data_cfg.decontaminate.action)
         spill.unlink()
 
         # ---- augmentation: training split only, after everything that compares rows
@@ -236,6 +241,30 @@ def _pair(dup: Duplicate) -> dict:
     if dup.against != "train":
         record["eval_split"] = dup.against
     return record
+
+
+def _texts_in_spill(spill: Path, origins: set[str]) -> dict[str, str]:
+    """Snippets of the kept rows named by ``origins`` (one streaming pass over the spill file)."""
+    found: dict[str, str] = {}
+    if origins:
+        with open(spill, encoding="utf-8") as fh:
+            for line in fh:
+                row = load_row(line)
+                if row.origin in origins:
+                    found[row.origin] = _snippet(row)
+    return found
+
+
+def _texts_of(held: dict[str, list[Row]], origins: set[str]) -> dict[str, str]:
+    return {row.origin: _snippet(row) for rows in held.values() for row in rows if row.origin in origins}
+
+
+def _fill_duplicate_texts(records: list[dict], texts: dict[str, str]) -> None:
+    """Add the text of the row each dropped row copies. A row that copies a row which was itself
+    dropped (a chain of exact copies) has no kept text to show; the origin still names it."""
+    for record in records:
+        if record["duplicate_of"] in texts:
+            record["duplicate_text"] = texts[record["duplicate_of"]]
 
 
 def _snippet(row: Row) -> str:
@@ -321,7 +350,7 @@ def _write_split(path: Path, rows: Iterator[Row], report: DataReport) -> int:
     tmp = path.with_suffix(".jsonl.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         for row in rows:
-            if not row.augmented:
+            if not row.augmented and "repeat" not in row.extra:  # weight repeats are not new data
                 report.add_after(row)
             fh.write(json.dumps(row_to_json(row), ensure_ascii=False) + "\n")
             n += 1

@@ -172,7 +172,7 @@ def _reject(path: Path, line: int, reason: str, raw: str) -> RejectedRow:
 # ------------------------------------------------------------------------------------ JSON(L)
 
 
-def _json_kind(value: Any) -> str:
+def json_type(value: Any) -> str:
     """JSON's own name for a value's type, for messages users can map back to their file."""
     if value is None:
         return "null"
@@ -214,7 +214,7 @@ def _jsonl_row(path: Path, line: int, text: str) -> Triple:
     except RecursionError:
         return line, None, _reject(path, line, "malformed JSON: nested too deeply", text)
     if not isinstance(value, dict):
-        return line, None, _reject(path, line, f"not a JSON object (got {_json_kind(value)})", text)
+        return line, None, _reject(path, line, f"not a JSON object (got {json_type(value)})", text)
     return line, value, None
 
 
@@ -235,7 +235,7 @@ def _read_json(path: Path) -> Iterator[Triple]:
         if isinstance(value, dict):
             yield line, value, None
         else:
-            reason = f"not a JSON object (got {_json_kind(value)})"
+            reason = f"not a JSON object (got {json_type(value)})"
             yield line, None, _reject(path, line, reason, json.dumps(value, ensure_ascii=False))
 
 
@@ -474,12 +474,12 @@ def _check_row(record: Record, text_column: str, label_column: str) -> tuple[str
             return f"missing column '{column}'", "", ""
     text = record[text_column]
     if text is not None and not isinstance(text, str):
-        return f"text is not a string (got {_json_kind(text)})", "", ""
+        return f"text is not a string (got {json_type(text)})", "", ""
     if text is None or not text.strip():
         return "empty text", "", ""
     key = _label_key(record[label_column])
     if key is None:
-        return f"label is not a string or number (got {_json_kind(record[label_column])})", "", ""
+        return f"label is not a string or number (got {json_type(record[label_column])})", "", ""
     if not key:
         return "empty label", "", ""
     return None, text, key

@@ -81,6 +81,7 @@ class DataReport:
         self.cleaning: dict[str, dict[str, int]] = {}
         self.duplicates: list[dict[str, Any]] = []
         self.decontamination: list[dict[str, Any]] = []
+        self.decontamination_action = "drop"
         self.augmentation: dict[str, int] = {}
         self.sampling: dict[str, dict[str, int]] = {}
         self.splits: dict[str, dict[str, Any]] = {}
@@ -122,10 +123,11 @@ class DataReport:
         plus optional ``text``/``duplicate_text`` snippets (``pair_record`` builds these)."""
         self.duplicates = [dict(r) for r in records]
 
-    def set_decontamination(self, records: Sequence[Mapping[str, Any]]) -> None:
+    def set_decontamination(self, records: Sequence[Mapping[str, Any]], action: str = "drop") -> None:
         """Every training row dropped for matching an evaluation row: the duplicate shape plus
         ``eval_split`` (which evaluation split it matched)."""
         self.decontamination = [dict(r) for r in records]
+        self.decontamination_action = action  # "report": the rows were kept, only listed
 
     def set_augmentation(self, counts: Mapping[str, int]) -> None:
         """Rows added per augmentation operation (e.g. ``{"eda_swap": 120, "back_translation": 40}``)."""
@@ -193,6 +195,7 @@ class DataReport:
             },
             "decontamination": {
                 "total": len(self.decontamination),
+                "action": self.decontamination_action,
                 "by_eval_split": {str(k): v for k, v in by_eval_split.items()},
                 "hits": self.decontamination,
             },
@@ -278,7 +281,10 @@ def render_markdown(data: Mapping[str, Any]) -> str:
             f"{data['duplicates']['exact']} exact and {data['duplicates']['near']} near duplicates removed."
         )),
         _pairs_section("Decontamination", data["decontamination"]["hits"], summary=(
-            f"{_rows(data['decontamination']['total'])} removed from training for matching an evaluation row"
+            f"{_rows(data['decontamination']['total'])} "
+            + ("kept in training (decontaminate.action: report) although matching" if
+               data["decontamination"].get("action") == "report" else "removed from training for matching")
+            + " an evaluation row"
             + "".join(f"; {n} in {split}" for split, n in data["decontamination"]["by_eval_split"].items())
             + "."
         )),
@@ -312,7 +318,10 @@ def _stage_table(data: Mapping[str, Any]) -> str:
         rows.append(["removed by cleaning", sum(c.get("removed", 0) for c in data["cleaning"].values())])
     rows.append(["exact duplicates removed", data["duplicates"]["exact"]])
     rows.append(["near duplicates removed", data["duplicates"]["near"]])
-    rows.append(["removed by decontamination", data["decontamination"]["total"]])
+    kept = data["decontamination"].get("action") == "report"
+    rows.append(["removed by decontamination", 0 if kept else data["decontamination"]["total"]])
+    if kept:
+        rows.append(["matching an evaluation row, kept (action: report)", data["decontamination"]["total"]])
     rows.append(["kept (after cleaning)", data["rows"]["after"]])
     rows.append(["added by augmentation", data["augmentation"]["total"]])
     for name, split in data["splits"].items():

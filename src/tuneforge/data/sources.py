@@ -79,7 +79,8 @@ _DATASET_MARKERS = ("state.json", "dataset_dict.json")
 
 
 class SourceConfig(Section):
-    """One data source of a recipe. Relative paths are resolved against the recipe's folder."""
+    """One data source of a recipe. Relative paths are resolved against the folder the command runs
+    in (like ``train_file``), unless the caller passes another ``base_dir`` to ``iter_source``."""
 
     path: Path = Field(
         ...,
