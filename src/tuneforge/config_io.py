@@ -83,6 +83,8 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> dict | None:
     """The fields of the (sub)model that ``loc`` points into, to list the allowed keys."""
     current: Any = model
     for part in loc:
+        if isinstance(part, int):  # an item of a list of sections, e.g. data.sources.0
+            continue
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return None
         field = current.model_fields.get(str(part))

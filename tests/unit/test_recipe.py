@@ -134,3 +134,27 @@ def test_resolved_recipe_round_trips(tmp_path, extra):
     again.write_text(recipe_to_yaml(first))
     second = load_recipe(again)
     assert recipe_to_yaml(second) == recipe_to_yaml(first)
+
+
+def test_unknown_key_inside_a_list_of_sources(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\ndata:\n  sources:\n    - path: a.csv\n      formt: csv\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert "data.sources.0.formt: unknown key (did you mean 'format'?); allowed keys here: conll_tag_column" in str(err.value)
+
+
+@pytest.mark.parametrize("data,message", [
+    ("{}", "data: set exactly one of train_file (one file) or sources (a list); got neither"),
+    ("{train_file: a.csv, sources: [{path: b.csv}]}", "set exactly one of train_file (one file) or sources (a list); got both"),
+    ("{train_file: a.csv, validation_file: b.csv, split: {validation_fraction: 0.2}}",
+     "data.split.validation_fraction is only used without data.validation_file; remove one"),
+    ("{train_file: a.csv, split: {validation_fraction: 0}}",
+     "data: no validation data: set data.validation_file or data.split.validation_fraction > 0"),
+])
+def test_data_section_cross_field_rules(tmp_path, data, message):
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: r\ndata: {data}\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert message in str(err.value)
