@@ -5,7 +5,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 from typer.testing import CliRunner
 

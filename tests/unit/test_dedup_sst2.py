@@ -69,7 +69,7 @@ def corpus():
 
 
 def test_dedup_and_decontamination_on_sst2(corpus):
-    rows, items, train = corpus["rows"], corpus["items"], corpus["train"]
+    rows, items = corpus["rows"], corpus["items"]
     norm = {}
 
     def key(line: int) -> str:  # normalised text of corpus line (1-based)

@@ -71,14 +71,12 @@ class _RejectWriter:
     def __init__(self, path: Path, report: DataReport):
         self.fh = open(path, "w", encoding="utf-8", errors="replace", newline="\n")
         self.report = report
-        self.per_source: Counter = Counter()
 
-    def write(self, rejected: RejectedRow, stage: str, source: str) -> None:
+    def write(self, rejected: RejectedRow, stage: str) -> None:
         record = {"file": rejected.file, "line": rejected.line, "stage": stage, "reason": rejected.reason,
                   "raw": rejected.raw}
         self.fh.write(json.dumps(record, ensure_ascii=False) + "\n")
         self.report.add_rejected(rejected, stage=stage)
-        self.per_source[source] += 1
 
     def close(self) -> None:
         self.fh.close()
@@ -142,13 +140,13 @@ def prepare_dataset(data_cfg, *, seed: int, out_dir: Path, base_dir: Path | None
                                    read_counts, progress)
             for item in deduplicate(stream, data_cfg.dedup, workdir=out_dir):
                 if isinstance(item, Duplicate):
-                    rejects.write(item.rejected(), "dedup", _source_of(item.row))
+                    rejects.write(item.rejected(), "dedup")
                     duplicates.append(_pair(item))
                     continue
                 fh.write(dump_row(item) + "\n")
                 split_labels.append(row_label(item))
                 groups.append(item.data.get("group"))
-        _check_rejected(read_counts, data_cfg.max_rejected_fraction, rejects.per_source)
+        _check_rejected(read_counts, data_cfg.max_rejected_fraction)
         if not split_labels:
             raise DataError("no usable training rows: every row was rejected or removed "
                             f"(see {out_dir / 'rejected.jsonl'})")
@@ -166,7 +164,7 @@ def prepare_dataset(data_cfg, *, seed: int, out_dir: Path, base_dir: Path | None
             if not rows:
                 raise DataError(f"no usable rows in the {split} file {source.path}")
             given[split] = rows
-        _check_rejected(read_counts, data_cfg.max_rejected_fraction, rejects.per_source)
+        _check_rejected(read_counts, data_cfg.max_rejected_fraction)
 
         # ---- split what was not given as a file
         split_cfg = data_cfg.split
@@ -181,17 +179,12 @@ def prepare_dataset(data_cfg, *, seed: int, out_dir: Path, base_dir: Path | None
         where = {i: "validation" for i in parts.validation}
         where.update({i: "test" for i in parts.test})
         del split_labels, groups
-        held: dict[str, list[Row]] = {"validation": list(given.get("validation", [])),
-                                      "test": list(given.get("test", []))}
-        with open(spill, encoding="utf-8") as fh:
-            for i, line in enumerate(fh):
-                if i in where:
-                    held[where[i]].append(load_row(line))
+        held = _held_out_rows(spill, where, given)
 
         # ---- pass 2: training rows, decontaminated against the evaluation rows, then weighted
         contaminated: list[dict] = []
         weights = {source_name(s): s.weight for s in data_cfg.training_sources() if s.weight != 1.0}
-        train_rows = _train_stream(spill, where, labels)
+        train_rows = _train_stream(spill, where)
         with report.timed("decontaminate"):
             decon = decontaminate(train_rows, {k: v for k, v in held.items() if v}, data_cfg.decontaminate,
                                   data_cfg.dedup, workdir=out_dir)
@@ -286,25 +279,24 @@ def _clean_stream(sources: Sequence[SourceConfig], base_dir: Path | None, cleane
                 progress()
             if isinstance(item, RejectedRow):
                 counts["rejected"] += 1
-                rejects.write(item, "read", name)
+                rejects.write(item, "read")
                 continue
             if labels is not None and item.kind == "text":
                 checked = labels.check(item)
                 if isinstance(checked, str):
                     counts["rejected"] += 1
-                    rejects.write(RejectedRow(item.source, item.line, checked, item.data.get("text", "")),
-                                  "read", name)
+                    rejects.write(RejectedRow(item.source, item.line, checked, item.data.get("text", "")), "read")
                     continue
                 item = checked
             report.add_before(item)
             cleaned = cleaner(item)
             if isinstance(cleaned, RejectedRow):
-                rejects.write(cleaned, "clean", name)
+                rejects.write(cleaned, "clean")
                 continue
             yield cleaned
 
 
-def _check_rejected(read_counts: dict[str, Counter], limit: float, _per_source: Counter) -> None:
+def _check_rejected(read_counts: dict[str, Counter], limit: float) -> None:
     for name, c in read_counts.items():
         if c["read"] and c["rejected"] / c["read"] > limit:
             raise DataError(
@@ -313,7 +305,17 @@ def _check_rejected(read_counts: dict[str, Counter], limit: float, _per_source: 
             )
 
 
-def _train_stream(spill: Path, where: dict[int, str], labels: _Labels | None) -> Iterator[Row]:
+def _held_out_rows(spill: Path, where: dict[int, str], given: dict[str, list[Row]]) -> dict[str, list[Row]]:
+    """Validation and test rows: the given files' rows, plus the spilled rows the split sent there."""
+    held: dict[str, list[Row]] = {"validation": list(given.get("validation", [])), "test": list(given.get("test", []))}
+    with open(spill, encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            if i in where:
+                held[where[i]].append(load_row(line))
+    return held
+
+
+def _train_stream(spill: Path, where: dict[int, str]) -> Iterator[Row]:
     with open(spill, encoding="utf-8") as fh:
         for i, line in enumerate(fh):
             if i not in where:
@@ -326,7 +328,7 @@ def _drop_contaminated(items: Iterable[Row | Duplicate], action: str, rejects: _
         if isinstance(item, Duplicate):
             hits.append(_pair(item))
             if action == "drop":
-                rejects.write(item.rejected(), "decontaminate", _source_of(item.row))
+                rejects.write(item.rejected(), "decontaminate")
                 continue
             item = item.row
         yield item

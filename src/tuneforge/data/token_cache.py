@@ -150,6 +150,20 @@ def cache_key(
     return _sha256(_canonical(inputs))
 
 
+def _quietly(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn`` with datasets' progress bars off: a cache write is an implementation detail, its
+    "Saving the dataset" bars are noise in a training log."""
+    from datasets.utils.tqdm import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        return fn(*args)
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
+
+
 class TokenCache:
     """Tokenised datasets on disk: ``<root>/<key>/data`` (Arrow, via ``datasets``) plus ``meta.json``."""
 
@@ -183,7 +197,7 @@ class TokenCache:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:12]}-", dir=self.root))
         try:
-            dataset.save_to_disk(str(tmp / "data"))
+            _quietly(dataset.save_to_disk, str(tmp / "data"))
             info = {
                 "key": key,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -55,8 +55,6 @@ def _log(inp: LoopInputs, record: dict) -> None:
 
 def train_loop(inp: LoopInputs, state: TrainState) -> TrainState:
     """Run optimizer steps until ``total_steps``, early stopping, or ``halt_after_steps``; return the state."""
-    import torch
-
     acc, model, cfg = inp.accelerator, inp.model, inp.cfg
     rank, world = acc.process_index, acc.num_processes
     lengths = inp.train.lengths

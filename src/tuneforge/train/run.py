@@ -120,7 +120,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
     from tuneforge.data.prepare import encode_cached, load_prepared, prepare_classification
     from tuneforge.models.build import build_model, load_tokenizer
     from tuneforge.models.resolve import resolve_model
-    from tuneforge.train.checkpoint import TrainState, load_best, load_last
+    from tuneforge.train.checkpoint import TrainState, load_last
     from tuneforge.train.loop import LoopInputs, train_loop
     from tuneforge.train.manifest import build_manifest
     from tuneforge.train.optim import build_optimizer, build_scheduler
