@@ -377,7 +377,7 @@ def _augment_train(path: Path, data_cfg, seed: int, report: DataReport, n_train:
     from tuneforge.data.augment import augment_rows
 
     with open(path, encoding="utf-8") as fh:
-        rows = [_row_from_output(json.loads(line)) for line in fh]
+        rows = [row_from_output(json.loads(line)) for line in fh]
     result = augment_rows(rows, data_cfg.augment, seed)
     report.set_augmentation({op: c["generated"] for op, c in result.stats.items()})
     with open(path, "a", encoding="utf-8") as fh:
@@ -386,7 +386,7 @@ def _augment_train(path: Path, data_cfg, seed: int, report: DataReport, n_train:
     return n_train + len(result.rows)
 
 
-def _row_from_output(record: dict[str, Any]) -> Row:
+def row_from_output(record: dict[str, Any]) -> Row:
     """Rebuild a ``Row`` from a prepared-split record (``row_to_json``)."""
     source, _, line = record.pop("_origin").rpartition(":")
     if "messages" in record:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from tuneforge.data.formatting import format_row
-from tuneforge.data.pipeline import PreparedDataset, _row_from_output
+from tuneforge.data.pipeline import PreparedDataset, row_from_output
 from tuneforge.data.preview import render_preview
 from tuneforge.data.rejects import RejectedRow
 from tuneforge.data.templates import resolve_template
@@ -27,7 +27,7 @@ def print_preview(recipe, prepared: PreparedDataset, n: int, *, color: bool | No
     color = sys.stdout.isatty() if color is None else color
     resolved = resolve_model(recipe.model.name, allow_pickle=recipe.model.allow_pickle, require_weights=False)
     tokenizer = load_tokenizer(resolved, recipe.model.trust_remote_code)
-    rows = [_row_from_output(r) for r in prepared.rows("train")[:n]]
+    rows = [row_from_output(r) for r in prepared.rows("train")[:n]]
     fmt = recipe.data.formatting
     template = None
     if any(r.kind == "chat" for r in rows):
