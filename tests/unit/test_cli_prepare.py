@@ -76,8 +76,8 @@ def test_truncated_last_jsonl_line_fails_over_the_threshold(tmp_path):
     train.write_text(good_jsonl() + '{"text": "cut off', encoding="utf-8")  # the write stopped mid-line
     result = prepare(write_recipe(tmp_path, train))
     assert result.exit_code == 2
-    assert (f"error: {train}: 1 of 21 rows rejected (4.8% > data.max_rejected_fraction 1%). "
-            "See rejected.jsonl for every row and reason.") in result.output
+    assert (f"error: {train}: 1 of 21 rows rejected (4.8% > data.max_rejected_fraction 1%); most common: "
+            "1 x malformed JSON. See rejected.jsonl for every row and reason.") in result.output
     [row] = rejected(tmp_path)  # written before the run stopped
     assert (row["line"], row["raw"]) == (21, '{"text": "cut off')
 

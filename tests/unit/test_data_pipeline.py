@@ -488,8 +488,8 @@ def test_too_many_rejected_rows_is_a_data_error(tmp_path):
     with pytest.raises(DataError) as err:
         prepare_dataset(cfg, seed=0, out_dir=tmp_path / "out")
     assert str(err.value) == (
-        f"{path}: 2 of 20 rows rejected (10.0% > data.max_rejected_fraction 5%). "
-        "See rejected.jsonl for every row and reason."
+        f"{path}: 2 of 20 rows rejected (10.0% > data.max_rejected_fraction 5%); most common: "
+        "1 x malformed JSON; 1 x missing column 'text'. See rejected.jsonl for every row and reason."
     )
     # the evidence is on disk even though the run failed
     rejected = read_jsonl(tmp_path / "out" / "rejected.jsonl")

@@ -36,7 +36,7 @@ from tuneforge.data.dedup import Duplicate, decontaminate, deduplicate
 from tuneforge.data.readers import _label_key, _label_matcher, infer_label_names
 from tuneforge.data.records import Row, dump_row, load_row, row_label, row_to_json
 from tuneforge.data.rejects import RejectedRow
-from tuneforge.data.report import DataReport
+from tuneforge.data.report import DataReport, reason_category
 from tuneforge.data.sources import SourceConfig, apply_weights, iter_source, source_name
 from tuneforge.data.split import split_indices
 from tuneforge.errors import DataError
@@ -71,12 +71,19 @@ class _RejectWriter:
     def __init__(self, path: Path, report: DataReport):
         self.fh = open(path, "w", encoding="utf-8", errors="replace", newline="\n")
         self.report = report
+        self.by_source: dict[str, Counter] = {}
 
-    def write(self, rejected: RejectedRow, stage: str) -> None:
+    def reasons(self, source: str) -> str:
+        top = self.by_source.get(source, Counter()).most_common(3)
+        return "; ".join(f"{n} x {reason}" for reason, n in top)
+
+    def write(self, rejected: RejectedRow, stage: str, source: str) -> None:
         record = {"file": rejected.file, "line": rejected.line, "stage": stage, "reason": rejected.reason,
                   "raw": rejected.raw}
         self.fh.write(json.dumps(record, ensure_ascii=False) + "\n")
         self.report.add_rejected(rejected, stage=stage)
+        if stage == "read":  # what max_rejected_fraction counts; the error names the top reasons
+            self.by_source.setdefault(source, Counter())[reason_category(rejected.reason)] += 1
 
     def close(self) -> None:
         self.fh.close()
@@ -140,13 +147,13 @@ def prepare_dataset(data_cfg, *, seed: int, out_dir: Path, base_dir: Path | None
                                    read_counts, progress)
             for item in deduplicate(stream, data_cfg.dedup, workdir=out_dir):
                 if isinstance(item, Duplicate):
-                    rejects.write(item.rejected(), "dedup")
+                    rejects.write(item.rejected(), "dedup", "")
                     duplicates.append(_pair(item))
                     continue
                 fh.write(dump_row(item) + "\n")
                 split_labels.append(row_label(item))
                 groups.append(item.data.get("group"))
-        _check_rejected(read_counts, data_cfg.max_rejected_fraction)
+        _check_rejected(read_counts, data_cfg.max_rejected_fraction, rejects)
         if not split_labels:
             raise DataError("no usable training rows: every row was rejected or removed "
                             f"(see {out_dir / 'rejected.jsonl'})")
@@ -164,7 +171,7 @@ def prepare_dataset(data_cfg, *, seed: int, out_dir: Path, base_dir: Path | None
             if not rows:
                 raise DataError(f"no usable rows in the {split} file {source.path}")
             given[split] = rows
-        _check_rejected(read_counts, data_cfg.max_rejected_fraction)
+        _check_rejected(read_counts, data_cfg.max_rejected_fraction, rejects)
 
         # ---- split what was not given as a file
         split_cfg = data_cfg.split
@@ -279,29 +286,30 @@ def _clean_stream(sources: Sequence[SourceConfig], base_dir: Path | None, cleane
                 progress()
             if isinstance(item, RejectedRow):
                 counts["rejected"] += 1
-                rejects.write(item, "read")
+                rejects.write(item, "read", name)
                 continue
             if labels is not None and item.kind == "text":
                 checked = labels.check(item)
                 if isinstance(checked, str):
                     counts["rejected"] += 1
-                    rejects.write(RejectedRow(item.source, item.line, checked, item.data.get("text", "")), "read")
+                    rejects.write(RejectedRow(item.source, item.line, checked, item.data.get("text", "")), "read", name)
                     continue
                 item = checked
             report.add_before(item)
             cleaned = cleaner(item)
             if isinstance(cleaned, RejectedRow):
-                rejects.write(cleaned, "clean")
+                rejects.write(cleaned, "clean", name)
                 continue
             yield cleaned
 
 
-def _check_rejected(read_counts: dict[str, Counter], limit: float) -> None:
+def _check_rejected(read_counts: dict[str, Counter], limit: float, rejects: _RejectWriter) -> None:
     for name, c in read_counts.items():
         if c["read"] and c["rejected"] / c["read"] > limit:
             raise DataError(
                 f"{name}: {c['rejected']} of {c['read']} rows rejected ({100 * c['rejected'] / c['read']:.1f}% > "
-                f"data.max_rejected_fraction {100 * limit:g}%). See rejected.jsonl for every row and reason."
+                f"data.max_rejected_fraction {100 * limit:g}%); most common: {rejects.reasons(name)}. "
+                "See rejected.jsonl for every row and reason."
             )
 
 
@@ -328,7 +336,7 @@ def _drop_contaminated(items: Iterable[Row | Duplicate], action: str, rejects: _
         if isinstance(item, Duplicate):
             hits.append(_pair(item))
             if action == "drop":
-                rejects.write(item.rejected(), "decontaminate")
+                rejects.write(item.rejected(), "decontaminate", "")
                 continue
             item = item.row
         yield item
