@@ -11,6 +11,8 @@ splitting groups them, formatting tokenises them. Each step sees the same small 
                 (Alpaca, ShareGPT and OpenAI ``messages`` records are all normalised to this)
   ``tokens``    ``data = {"tokens": [str, ...], "tags": [str, ...], "group": ...}`` (CoNLL)
   ``pair``      ``data = {"source": str, "target": str, "group": ...}`` (translation)
+  ``qa``        ``data = {"question": str, "context": str, "answers": [{"text": str,
+                "answer_start": int}, ...], "id": str}`` (extractive QA, SQuAD style)
   ============  =====================================================================
 
 * ``row_texts(row)`` lists the strings a text rule may rewrite; ``replace_texts`` builds a *new* row
@@ -27,8 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-RowKind = Literal["text", "chat", "tokens", "pair"]
-ROW_KINDS: tuple[str, ...] = ("text", "chat", "tokens", "pair")
+RowKind = Literal["text", "chat", "tokens", "pair", "qa"]
+ROW_KINDS: tuple[str, ...] = ("text", "chat", "tokens", "pair", "qa")
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,10 @@ def row_texts(row: Row) -> list[str]:
         return [m["content"] for m in d["messages"]]
     if row.kind == "pair":
         return [d["source"], d["target"]]
+    if row.kind == "qa":
+        # Only the question: answers point into the context by character offset, so no text rule
+        # may rewrite the context (it still counts for deduplication, see ``content_key``).
+        return [d["question"]]
     if row.kind == "tokens":
         # Tokens are aligned one-to-one with tags; a rule that split or merged words would break the
         # alignment, so token rows expose their text for reading (dedup, reports) but see
@@ -80,6 +86,8 @@ def replace_texts(row: Row, texts: list[str]) -> Row:
         d["messages"] = [{**m, "content": t} for m, t in zip(d["messages"], texts)]
     elif row.kind == "pair":
         d["source"], d["target"] = texts
+    elif row.kind == "qa":
+        d["question"] = texts[0]
     elif row.kind == "tokens":
         tokens = texts[0].split(" ")
         if len(tokens) != len(d["tags"]):
@@ -96,6 +104,8 @@ def content_key(row: Row) -> str:
     """
     if row.kind == "chat":
         return "\n".join(f"{m['role']}: {m['content']}" for m in row.data["messages"])
+    if row.kind == "qa":
+        return f"{row.data['question']}\n{row.data['context']}"
     return "\n".join(row_texts(row))
 
 
