@@ -8,7 +8,7 @@ global batches here and giving each process a slice of every batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -55,12 +55,25 @@ def shard(batch: list[int], rank: int, world_size: int) -> list[int]:
     return batch[rank::world_size]
 
 
+#: How ``Encoded.labels`` are shaped, which decides padding, the loss and the per-example loss weight:
+#: ``class`` an int per example; ``value`` a float (regression); ``multi`` a multi-hot float list
+#: (multi-label); ``tokens`` an int per input token, -100 = ignored (NER); ``causal`` like tokens but
+#: the model predicts token t+1 at position t (causal LM); ``target`` a decoder target sequence of its
+#: own length (seq2seq); ``span`` a (start, end) token pair (extractive QA).
+LABEL_KINDS = ("class", "value", "multi", "tokens", "causal", "target", "span")
+IGNORE = -100
+
+
 @dataclass(frozen=True)
 class Encoded:
-    """Tokenised examples: ragged input ids plus labels; padding happens per batch."""
+    """Tokenised examples: ragged input ids, labels of one ``label_kind``, optional extra model
+    inputs (``extra``: per-example token-aligned lists such as ``token_type_ids``, padded with 0);
+    padding happens per batch."""
 
     input_ids: list[list[int]]
-    labels: list[int]
+    labels: list
+    label_kind: str = "class"
+    extra: dict[str, list] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -68,6 +81,17 @@ class Encoded:
     @property
     def lengths(self) -> list[int]:
         return [len(ids) for ids in self.input_ids]
+
+    @property
+    def weights(self) -> list[int]:
+        """What each example adds to the loss's denominator: 1 for example-level labels, the number of
+        trained tokens for token-level ones. An optimizer step divides its summed loss by the step's
+        total, so a long answer and a short one weigh per token, as in one big batch."""
+        if self.label_kind == "tokens" or self.label_kind == "target":
+            return [sum(1 for t in labels if t != IGNORE) for labels in self.labels]
+        if self.label_kind == "causal":  # position 0 predicts nothing: its label is never used
+            return [sum(1 for t in labels[1:] if t != IGNORE) for labels in self.labels]
+        return [1] * len(self.labels)
 
 
 def collate(encoded: Encoded, indices: list[int], pad_id: int, pad_to_multiple_of: int | None = None) -> dict:
@@ -78,13 +102,31 @@ def collate(encoded: Encoded, indices: list[int], pad_id: int, pad_to_multiple_o
     width = max(len(s) for s in seqs)
     if pad_to_multiple_of:
         width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[row, : len(seq)] = 1
-    return {
-        "input_ids": ids,
-        "attention_mask": mask,
-        "labels": torch.tensor([encoded.labels[i] for i in indices], dtype=torch.long),
-    }
+    out = {"input_ids": _pad(seqs, width, pad_id), "attention_mask": _pad([[1] * len(s) for s in seqs], width, 0)}
+    for name, values in encoded.extra.items():
+        out[name] = _pad([values[i] for i in indices], width, 0)
+    labels = [encoded.labels[i] for i in indices]
+    kind = encoded.label_kind
+    if kind == "class":
+        out["labels"] = torch.tensor(labels, dtype=torch.long)
+    elif kind in ("value", "multi"):
+        out["labels"] = torch.tensor(labels, dtype=torch.float32)
+    elif kind in ("tokens", "causal"):
+        out["labels"] = _pad(labels, width, IGNORE)
+    elif kind == "target":
+        out["labels"] = _pad(labels, max(len(t) for t in labels), IGNORE)
+    elif kind == "span":
+        out["start_positions"] = torch.tensor([s for s, _ in labels], dtype=torch.long)
+        out["end_positions"] = torch.tensor([e for _, e in labels], dtype=torch.long)
+    else:
+        raise ValueError(f"unknown label kind {kind!r} (known: {', '.join(LABEL_KINDS)})")
+    return out
+
+
+def _pad(rows: list[list], width: int, value) -> "object":
+    import torch
+
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out

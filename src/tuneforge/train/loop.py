@@ -17,8 +17,8 @@ from tuneforge.data.batching import Encoded, collate, length_grouped_batches, sh
 from tuneforge.evaluate.metrics import metric_is_better
 from tuneforge.train.checkpoint import TrainState, save_best, save_last
 from tuneforge.train.progress import TrainProgress
-from tuneforge.train.steps import (Throughput, accumulation_windows, check_finite, classification_loss_sum,
-                                   step_loss_scale)
+from tuneforge.train.losses import forward_loss_sum
+from tuneforge.train.steps import Throughput, accumulation_windows, check_finite, step_loss_scale
 
 
 @dataclass
@@ -58,6 +58,8 @@ def train_loop(inp: LoopInputs, state: TrainState) -> TrainState:
     acc, model, cfg = inp.accelerator, inp.model, inp.cfg
     rank, world = acc.process_index, acc.num_processes
     lengths = inp.train.lengths
+    weights = inp.train.weights  # loss denominator per example: 1, or its number of trained tokens
+    kind = inp.train.label_kind
     eval_every = cfg.eval_every_steps or inp.steps_per_epoch
     meter = Throughput()
     running = []  # step losses since the last log record
@@ -71,17 +73,16 @@ def train_loop(inp: LoopInputs, state: TrainState) -> TrainState:
             # consumed batches continues exactly where the interrupted run was.
             todo = batches[state.batches_done_in_epoch:]
             for window in accumulation_windows(todo, cfg.gradient_accumulation_steps):
-                scale = step_loss_scale(sum(len(b) for b in window), world)
+                scale = step_loss_scale(sum(weights[j] for b in window for j in b), world)
                 local_loss = 0.0
                 for i, global_batch in enumerate(window):
                     batch = collate(inp.train, shard(global_batch, rank, world), inp.pad_id)
                     batch = {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()}
-                    labels = batch.pop("labels")
                     # Only the last micro-batch of a step all-reduces gradients; the others accumulate locally.
                     sync = contextlib.nullcontext() if i == len(window) - 1 else acc.no_sync(model)
                     with sync:
-                        logits = model(**batch).logits
-                        loss = classification_loss_sum(logits, labels) * scale
+                        loss_sum, _ = forward_loss_sum(model, batch, kind)
+                        loss = loss_sum * scale
                         acc.backward(loss)
                     local_loss += loss.detach()
                 step_loss = acc.reduce(local_loss, "mean").item() if world > 1 else float(local_loss)
