@@ -10,8 +10,15 @@ from tuneforge.data.batching import Encoded, collate, shard, sorted_batches
 
 @dataclass
 class Predictions:
-    logits: "object"  # torch.Tensor [n, num_labels], fp32, in the original example order
-    loss: float  # mean cross-entropy over the examples
+    outputs: list  # per example, input order: fp32 logits ([C] per example, or [tokens, C] trimmed to its length)
+    loss: float  # summed loss / summed example weights (mean per example, or per trained token)
+
+    @property
+    def logits(self):
+        """``[n, C]`` for example-level tasks (one logits vector per example)."""
+        import torch
+
+        return torch.stack(self.outputs) if self.outputs else torch.empty(0)
 
     @property
     def labels(self) -> list[int]:
@@ -20,17 +27,18 @@ class Predictions:
 
 def predict(model, encoded: Encoded, *, batch_size: int, pad_id: int, device=None, precision: str = "fp32",
             rank: int = 0, world_size: int = 1, gather=None) -> Predictions:
-    """Logits for every example, in input order.
+    """Outputs for every example, in input order.
 
     Batches are sorted by length (less padding); under several processes each takes a strided share
     of every batch and ``gather`` (e.g. ``accelerator.gather_object``) collects them.
     """
     import torch
 
+    from tuneforge.train.losses import forward_loss_sum
     from tuneforge.train.precision import autocast
-    from tuneforge.train.steps import classification_loss_sum
 
     device = device or next(model.parameters()).device
+    weights = encoded.weights
     was_training = model.training
     model.eval()
     rows: list[tuple[int, torch.Tensor]] = []
@@ -41,19 +49,33 @@ def predict(model, encoded: Encoded, *, batch_size: int, pad_id: int, device=Non
             if not mine:
                 continue
             batch = {k: v.to(device) for k, v in collate(encoded, mine, pad_id).items()}
-            labels = batch.pop("labels")
             with autocast(precision, device.type):
-                logits = model(**batch).logits
-            logits = logits.float()
-            loss_sum += classification_loss_sum(logits, labels).item()
-            rows.extend(zip(mine, logits.cpu()))
+                loss, out = forward_loss_sum(model, batch, encoded.label_kind)
+            loss_sum += float(loss)
+            rows.extend(zip(mine, _per_example(out, encoded, mine)))
     if was_training:
         model.train()
     if gather is not None and world_size > 1:
         rows, loss_sum = _gather(rows, loss_sum, gather)
     rows.sort(key=lambda r: r[0])
-    logits = torch.stack([r[1] for r in rows]) if rows else torch.empty(0)
-    return Predictions(logits=logits, loss=loss_sum / max(len(rows), 1))
+    return Predictions(outputs=[r[1] for r in rows], loss=loss_sum / max(sum(weights), 1))
+
+
+def _per_example(out, encoded: Encoded, indices: list[int]) -> list:
+    """Split a batch's outputs into per-example fp32 CPU tensors, padding removed."""
+    if encoded.label_kind == "span":
+        import torch
+
+        both = torch.stack([out.start_logits.float(), out.end_logits.float()], dim=-1).cpu()  # [n, len, 2]
+        return [both[k, : len(encoded.input_ids[i])] for k, i in enumerate(indices)]
+    logits = out.logits.float().cpu()
+    if encoded.label_kind in ("tokens", "causal"):
+        width = max(len(encoded.input_ids[i]) for i in indices)
+        logits = logits[:, -width:]  # prompt/prefix methods prepend virtual positions
+        return [logits[k, : len(encoded.input_ids[i])] for k, i in enumerate(indices)]
+    if encoded.label_kind == "target":
+        return [logits[k, : len(encoded.labels[i])] for k, i in enumerate(indices)]
+    return list(logits)
 
 
 def _gather(rows, loss_sum, gather):

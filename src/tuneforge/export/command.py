@@ -44,7 +44,7 @@ def run_export(cfg: ExportConfig) -> Path:
     out = save_export(merged_model(model), tokenizer, cfg.output_dir or cfg.run_dir / "export")
     verification = None
     if cfg.verify:
-        verification = verify_export(out, reference.logits, val_enc, pad_id=tokenizer.pad_token_id)
+        verification = verify_export(out, reference.outputs, val_enc, pad_id=tokenizer.pad_token_id)
     metrics_path = cfg.run_dir / "eval" / "eval.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else best.get("metrics", {})
     manifest_path = cfg.run_dir / "manifest.json"

@@ -1,6 +1,6 @@
 """Write a standalone model: LoRA merged into the base weights, safetensors, tokenizer, label names.
 
-The export must load with plain ``AutoModelForSequenceClassification.from_pretrained(dir)``, with no
+The export must load with the task's plain ``AutoModelFor...from_pretrained(dir)``, with no
 tuneforge and no peft installed, and predict exactly like the trained model; ``verify_export``
 checks the second part on the validation set and the result goes into the model card.
 """
@@ -38,18 +38,26 @@ def save_export(model, tokenizer, out_dir: Path) -> Path:
     return out_dir
 
 
-def verify_export(export_dir: Path, reference_logits, encoded, *, pad_id: int, batch_size: int = 64,
-                  min_agreement: float = 1.0) -> dict:
-    """Reload the export the way a user would and compare its predictions with the trained model's."""
-    from transformers import AutoModelForSequenceClassification
+def verify_export(export_dir: Path, reference_outputs: list, encoded, *, pad_id: int, batch_size: int = 64,
+                  min_agreement: float = 1.0, auto_class: str = "AutoModelForSequenceClassification") -> dict:
+    """Reload the export the way a user would (``transformers.<auto_class>``) and compare its
+    predictions with the trained model's: per example, or per token for token-level tasks."""
+    import torch
+    import transformers
 
     from tuneforge.evaluate.predict import predict
 
-    reloaded = AutoModelForSequenceClassification.from_pretrained(export_dir, use_safetensors=True)
-    got = predict(reloaded, encoded, batch_size=batch_size, pad_id=pad_id, precision="fp32")
-    agree = (got.logits.argmax(-1) == reference_logits.argmax(-1)).float().mean().item()
-    max_diff = (got.logits - reference_logits).abs().max().item() if len(got.logits) else 0.0
-    report = {"examples": len(encoded), "prediction_agreement": agree, "max_abs_logit_diff": max_diff,
+    reloaded = getattr(transformers, auto_class).from_pretrained(export_dir, use_safetensors=True)
+    got = predict(reloaded, encoded, batch_size=batch_size, pad_id=pad_id, precision="fp32").outputs
+    if got:
+        new = torch.cat([g.reshape(-1, g.size(-1)) for g in got])
+        ref = torch.cat([r.reshape(-1, r.size(-1)) for r in reference_outputs])
+        agree = (new.argmax(-1) == ref.argmax(-1)).float().mean().item()
+        max_diff = (new - ref).abs().max().item()
+    else:
+        agree, max_diff = 1.0, 0.0
+    report = {"examples": len(encoded), "reloaded_with": f"transformers.{auto_class}",
+              "prediction_agreement": agree, "max_abs_logit_diff": max_diff,
               "min_agreement": min_agreement, "passed": agree >= min_agreement}
     (export_dir / "verification.json").write_text(json.dumps(report, indent=2))
     if not report["passed"]:

@@ -251,7 +251,7 @@ def _finish(recipe, base, tokenizer, val_enc, data, ckpt_dir, metrics_file, mani
         export_dir = save_export(merged_model(base), tokenizer, run_dir / "export")
         verification = None
         if recipe.export.verify:
-            verification = verify_export(export_dir, preds.logits, val_enc, pad_id=tokenizer.pad_token_id,
+            verification = verify_export(export_dir, preds.outputs, val_enc, pad_id=tokenizer.pad_token_id,
                                          batch_size=recipe.train.eval_batch_size)
         write_model_card(export_dir, recipe_yaml=recipe_to_yaml(recipe), recipe=recipe,
                          data_summary=data.summary(), manifest=manifest, metrics=metrics,
