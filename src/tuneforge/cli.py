@@ -121,7 +121,9 @@ def prepare(recipe: Path = typer.Argument(..., help="Recipe YAML file."), overri
         cfg = _load(recipe, overrides)
         out = cfg.run_dir / "data"
         with _row_counter("preparing data") as tick:
-            prepared = prepare_dataset(cfg.data, seed=cfg.seed, out_dir=out, labeled=cfg.task == "classification",
+            from tuneforge.tasks import get_task
+
+            prepared = prepare_dataset(cfg.data, seed=cfg.seed, out_dir=out, labels=get_task(cfg.task).labels,
                                        progress=tick)
         _print_data_summary(prepared, out)
         if preview:

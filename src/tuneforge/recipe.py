@@ -24,15 +24,18 @@ from tuneforge.data.sources import SourceConfig, SourceFormat
 from tuneforge.data.split import SplitConfig
 from tuneforge.sections import Section
 
-# Metrics a run can select its best checkpoint / stop early on, and whether bigger is better.
-# Kept here (not in tuneforge.evaluate) so validating a recipe needs no scientific stack.
-SELECTABLE_METRICS = {
-    "accuracy": "max",
-    "macro_f1": "max",
-    "macro_precision": "max",
-    "macro_recall": "max",
-    "loss": "min",
+# Per task: the metrics a run can select its best checkpoint / stop early on, and whether bigger is
+# better; the first one is the default. Kept here (not in tuneforge.evaluate) so validating a recipe
+# needs no scientific stack.
+TASK_METRICS: dict[str, dict[str, str]] = {
+    "classification": {"accuracy": "max", "macro_f1": "max", "macro_precision": "max", "macro_recall": "max",
+                       "loss": "min"},
+    "regression": {"mse": "min", "rmse": "min", "mae": "min", "pearson": "max", "spearman": "max", "r2": "max",
+                   "loss": "min"},
+    "token_classification": {"entity_f1": "max", "entity_precision": "max", "entity_recall": "max",
+                             "token_accuracy": "max", "loss": "min"},
 }
+TASKS = tuple(TASK_METRICS)
 
 
 class ModelSection(Section):
@@ -188,7 +191,10 @@ class TrainSection(Section):
     eval_every_steps: int | None = Field(
         None, ge=1, description="Evaluate every N optimizer steps; default: at the end of every epoch."
     )
-    metric_for_best: str = Field("accuracy", description="Validation metric that picks the best checkpoint.")
+    metric_for_best: str | None = Field(
+        None, description="Validation metric that picks the best checkpoint; null: the task's default "
+        "(classification accuracy, regression mse, token_classification entity_f1)."
+    )
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after N evaluations without improvement of metric_for_best; null: off."
     )
@@ -200,14 +206,6 @@ class TrainSection(Section):
         "(time-boxed or preemptible jobs, and the resume test).",
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> "TrainSection":
-        if self.metric_for_best not in SELECTABLE_METRICS:
-            raise ValueError(
-                f"train.metric_for_best: unknown metric {self.metric_for_best!r}; "
-                f"allowed: {', '.join(SELECTABLE_METRICS)}"
-            )
-        return self
 
 
 class ExportSection(Section):
@@ -223,8 +221,9 @@ class Recipe(Section):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name: runs/<name>/.")
     seed: int = Field(42, description="Seed for the split, initialisation, data order and dropout.")
     output_dir: Path = Field(Path("runs"), description="Parent folder of run directories.")
-    task: Literal["classification"] = Field(
-        "classification", description="Task head. classification: single-label sequence classification."
+    task: Literal["classification", "regression", "token_classification"] = Field(
+        "classification", description="Task head. classification: single-label sequence classification; "
+        "regression: one real value per text (MSE); token_classification: a tag per word (NER, IOB2)."
     )
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection
@@ -239,6 +238,15 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "Recipe":
+        allowed = TASK_METRICS[self.task]
+        if self.train.metric_for_best is None:
+            # the task's default, written into the resolved recipe so a run says what it selected on
+            self.train.metric_for_best = next(iter(allowed))
+        elif self.train.metric_for_best not in allowed:
+            raise ValueError(
+                f"train.metric_for_best: unknown metric {self.train.metric_for_best!r} for task {self.task}; "
+                f"allowed: {', '.join(allowed)}"
+            )
         if self.method == "full" and "lora" in self.model_fields_set:
             raise ValueError("lora: settings given but method is 'full'; set method: lora or remove the lora section")
         if self.method == "lora" and self.freeze != "none":

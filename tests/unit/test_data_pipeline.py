@@ -433,7 +433,7 @@ def test_alpaca_and_sharegpt_become_messages(tmp_path):
     sharegpt = write_jsonl(tmp_path / "chat.jsonl", SHAREGPT)
     cfg = section(sources=[{"path": str(alpaca)}, {"path": str(sharegpt)}], max_rejected_fraction=0.5,
                   split={"validation_fraction": 0.2})
-    prepared = prepare_dataset(cfg, seed=0, out_dir=tmp_path / "out", labeled=False)
+    prepared = prepare_dataset(cfg, seed=0, out_dir=tmp_path / "out", labels=None)
     rows = [r for s in ("train", "validation", "test") for r in prepared.rows(s)]
     assert prepared.counts == {"train": 7, "validation": 2, "test": 0}
     assert prepared.label_names is None
@@ -470,7 +470,7 @@ def test_chat_duplicates_compare_roles_and_texts(tmp_path):
     # character shingles with the original (MinHash estimates ~0.8), so near matching would drop it.
     cfg = section(train_file=str(path), split={"validation_fraction": 0.2}, dedup={"near": False},
                   decontaminate={"near": False})
-    prepared = prepare_dataset(cfg, seed=0, out_dir=tmp_path / "out", labeled=False)
+    prepared = prepare_dataset(cfg, seed=0, out_dir=tmp_path / "out", labels=None)
     rejected = read_jsonl(tmp_path / "out" / "rejected.jsonl")
     assert [(r["line"], r["reason"]) for r in rejected] == [(3, f"exact duplicate of {path}:1")]
     assert rejected[0]["raw"] == ("user: what colour is the sky on a clear day\n"

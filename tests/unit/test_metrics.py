@@ -83,13 +83,14 @@ def test_invalid_input_raises(y_true, y_pred, names, match):
 
 
 def test_metric_directions():
-    assert METRIC_DIRECTIONS == {
-        "accuracy": "max",
-        "macro_f1": "max",
-        "macro_precision": "max",
-        "macro_recall": "max",
-        "loss": "min",
-    }
+    from tuneforge.recipe import TASK_METRICS
+
+    assert {"accuracy": "max", "macro_f1": "max", "loss": "min", "mse": "min", "entity_f1": "max"}.items() <= \
+        METRIC_DIRECTIONS.items()
+    # every metric a recipe may select on has a direction, and the same one in both tables
+    for task, metrics in TASK_METRICS.items():
+        for name, direction in metrics.items():
+            assert METRIC_DIRECTIONS[name] == direction, (task, name)
 
 
 @pytest.mark.parametrize("name", ["accuracy", "macro_f1", "macro_precision", "macro_recall"])

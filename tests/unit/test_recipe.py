@@ -89,7 +89,7 @@ def test_cross_field_lora_section_with_full(tmp_path):
 
 
 def test_unknown_metric_for_best(tmp_path):
-    with pytest.raises(RecipeError, match=r"train.metric_for_best: unknown metric 'f1'; allowed: accuracy, macro_f1"):
+    with pytest.raises(RecipeError, match=r"train.metric_for_best: unknown metric 'f1' for task classification; allowed: accuracy, macro_f1"):
         load_recipe(write(tmp_path, BASE + "train:\n  metric_for_best: f1\n"))
 
 

@@ -74,6 +74,8 @@ class Encoded:
     labels: list
     label_kind: str = "class"
     extra: dict[str, list] = field(default_factory=dict)
+    #: Per-example data that is not a model input (e.g. NER word ids, to map predictions back to words).
+    meta: dict[str, list] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.input_ids)

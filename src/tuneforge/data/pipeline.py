@@ -27,14 +27,14 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tuneforge.data.clean import Cleaner
 from tuneforge.data.dedup import Duplicate, decontaminate, deduplicate
-from tuneforge.data.readers import _label_key, _label_matcher, infer_label_names
-from tuneforge.data.records import Row, dump_row, load_row, row_label, row_to_json
+from tuneforge.data.labels import LabelChecker, label_checker
+from tuneforge.data.records import Row, content_key, dump_row, load_row, row_label, row_to_json
 from tuneforge.data.rejects import RejectedRow
 from tuneforge.data.report import DataReport, reason_category
 from tuneforge.data.sources import SourceConfig, apply_weights, iter_source, source_name
@@ -89,51 +89,14 @@ class _RejectWriter:
         self.fh.close()
 
 
-class _Labels:
-    """Label validation and canonicalisation for classification rows.
-
-    With ``label_names`` configured, a label may be a name or its index (``0``/``1`` for
-    [negative, positive]) and is rewritten to the name; otherwise names are inferred from the
-    training rows after the first pass, exactly like the single-file reader does.
-    """
-
-    def __init__(self, names: list[str] | None):
-        self.names = list(names) if names is not None else None
-        self._match = _label_matcher(self.names) if self.names is not None else None
-        self.seen: Counter = Counter()
-
-    def check(self, row: Row) -> Row | str:
-        raw = row.data.get("label")
-        if raw is None:
-            return "missing label"
-        key = _label_key(raw)
-        if key is None:
-            return f"label is not a string or number (got {type(raw).__name__})"
-        if not key:
-            return "empty label"
-        if self._match is None:
-            self.seen[key] += 1
-            return replace(row, data={**row.data, "label": key})
-        index = self._match(key)
-        if index is None:
-            return f"unknown label '{key}' (allowed: {', '.join(self.names)})"
-        return replace(row, data={**row.data, "label": self.names[index]})
-
-    def finish(self) -> list[str]:
-        if self.names is None:
-            self.names = infer_label_names(self.seen)
-            self._match = _label_matcher(self.names)
-        return self.names
-
-
 def prepare_dataset(data_cfg, *, seed: int, out_dir: Path, base_dir: Path | None = None,
-                    labeled: bool = True, progress=None) -> PreparedDataset:
+                    labels: str | None = "class", progress=None) -> PreparedDataset:
     """Run the whole data stage for ``data_cfg`` (a recipe's ``DataSection``) into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = DataReport()
     rejects = _RejectWriter(out_dir / "rejected.jsonl", report)
-    labels = _Labels(data_cfg.label_names) if labeled else None
+    checker = label_checker(labels, data_cfg.label_names)
     cleaner = Cleaner(data_cfg.clean)
     read_counts: dict[str, Counter] = {}
     try:
@@ -143,7 +106,7 @@ def prepare_dataset(data_cfg, *, seed: int, out_dir: Path, base_dir: Path | None
         groups: list[Any] = []
         duplicates: list[dict] = []
         with report.timed("read+clean+dedup"), open(spill, "w", encoding="utf-8") as fh:
-            stream = _clean_stream(data_cfg.training_sources(), base_dir, cleaner, labels, rejects, report,
+            stream = _clean_stream(data_cfg.training_sources(), base_dir, cleaner, checker, rejects, report,
                                    read_counts, progress)
             for item in deduplicate(stream, data_cfg.dedup, workdir=out_dir):
                 if isinstance(item, Duplicate):
@@ -151,7 +114,7 @@ def prepare_dataset(data_cfg, *, seed: int, out_dir: Path, base_dir: Path | None
                     duplicates.append(_pair(item))
                     continue
                 fh.write(dump_row(item) + "\n")
-                split_labels.append(row_label(item))
+                split_labels.append(row_label(item) if labels == "class" else None)
                 groups.append(item.data.get("group"))
         _check_rejected(read_counts, data_cfg.max_rejected_fraction, rejects)
         if not split_labels:
@@ -162,12 +125,12 @@ def prepare_dataset(data_cfg, *, seed: int, out_dir: Path, base_dir: Path | None
 
         # Label names are settled by the training rows alone: an evaluation label never seen in
         # training is rejected, not silently turned into a class the model cannot learn.
-        names = labels.finish() if labels is not None else None
+        names = checker.finish() if checker is not None else None
 
         # ---- evaluation files (cleaned like training rows, never deduplicated against them)
         given = {}
         for split, source in data_cfg.evaluation_sources().items():
-            rows = list(_clean_stream([source], base_dir, cleaner, labels, rejects, report, read_counts, None))
+            rows = list(_clean_stream([source], base_dir, cleaner, checker, rejects, report, read_counts, None))
             if not rows:
                 raise DataError(f"no usable rows in the {split} file {source.path}")
             given[split] = rows
@@ -274,7 +237,7 @@ def _snippet(row: Row) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _clean_stream(sources: Sequence[SourceConfig], base_dir: Path | None, cleaner: Cleaner, labels: _Labels | None,
+def _clean_stream(sources: Sequence[SourceConfig], base_dir: Path | None, cleaner: Cleaner, labels: LabelChecker | None,
                   rejects: _RejectWriter, report: DataReport, read_counts: dict[str, Counter],
                   progress) -> Iterator[Row]:
     for source in sources:
@@ -288,11 +251,11 @@ def _clean_stream(sources: Sequence[SourceConfig], base_dir: Path | None, cleane
                 counts["rejected"] += 1
                 rejects.write(item, "read", name)
                 continue
-            if labels is not None and item.kind == "text":
+            if labels is not None and item.kind == labels.kind:
                 checked = labels.check(item)
                 if isinstance(checked, str):
                     counts["rejected"] += 1
-                    rejects.write(RejectedRow(item.source, item.line, checked, item.data.get("text", "")), "read", name)
+                    rejects.write(RejectedRow(item.source, item.line, checked, content_key(item)), "read", name)
                     continue
                 item = checked
             report.add_before(item)

@@ -61,7 +61,7 @@ def prepare_classification(data_cfg, seed: int, out_dir: Path) -> PreparedData:
     """Run the data pipeline into ``out_dir`` and load the result (main process)."""
     from tuneforge.data.pipeline import prepare_dataset
 
-    prepared = prepare_dataset(data_cfg, seed=seed, out_dir=out_dir, labeled=True)
+    prepared = prepare_dataset(data_cfg, seed=seed, out_dir=out_dir, labels="class")
     report = prepared.report
     files = {name: c["read"] for name, c in report["sources"].items()}
     validation = (str(data_cfg.validation_file) if data_cfg.validation_file is not None else

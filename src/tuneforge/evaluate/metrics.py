@@ -18,6 +18,35 @@ METRIC_DIRECTIONS: dict[str, str] = {
     "macro_precision": "max",
     "macro_recall": "max",
     "loss": "min",
+    # regression (tuneforge.evaluate.regression_metrics)
+    "mse": "min",
+    "rmse": "min",
+    "mae": "min",
+    "pearson": "max",
+    "spearman": "max",
+    "r2": "max",
+    # multi-label classification (tuneforge.evaluate.multilabel_metrics)
+    "micro_f1": "max",
+    "micro_precision": "max",
+    "micro_recall": "max",
+    "subset_accuracy": "max",
+    # token classification (tuneforge.evaluate.ner_metrics)
+    "entity_f1": "max",
+    "entity_precision": "max",
+    "entity_recall": "max",
+    "token_accuracy": "max",
+    # text generation (tuneforge.evaluate.text_metrics)
+    "bleu": "max",
+    "chrf": "max",
+    "rouge1": "max",
+    "rouge2": "max",
+    "rougeL": "max",
+    # extractive QA (tuneforge.evaluate.qa_metrics)
+    "exact_match": "max",
+    "f1": "max",
+    # final-number answers, GSM8K style (tuneforge.evaluate.final_number_metrics)
+    "final_number_accuracy": "max",
+    "answered": "max",
 }
 
 

@@ -1,0 +1,124 @@
+"""Label checks of the data stage, one per kind of label a task has.
+
+Each checker's ``check(row)`` returns the row with its label in canonical form, or a reject reason;
+``finish()`` settles the label names once the training rows have been seen. Rows of other kinds
+(``kind`` differs) are not checked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import replace
+
+from tuneforge.data.readers import _label_key, _label_matcher, infer_label_names
+from tuneforge.data.records import Row
+
+
+class ClassLabels:
+    """Label validation and canonicalisation for classification rows.
+
+    With ``label_names`` configured, a label may be a name or its index (``0``/``1`` for
+    [negative, positive]) and is rewritten to the name; otherwise names are inferred from the
+    training rows after the first pass, exactly like the single-file reader does.
+    """
+
+    kind = "text"
+
+    def __init__(self, names: list[str] | None):
+        self.names = list(names) if names is not None else None
+        self._match = _label_matcher(self.names) if self.names is not None else None
+        self.seen: Counter = Counter()
+
+    def check(self, row: Row) -> Row | str:
+        raw = row.data.get("label")
+        if raw is None:
+            return "missing label"
+        key = _label_key(raw)
+        if key is None:
+            return f"label is not a string or number (got {type(raw).__name__})"
+        if not key:
+            return "empty label"
+        if self._match is None:
+            self.seen[key] += 1
+            return replace(row, data={**row.data, "label": key})
+        index = self._match(key)
+        if index is None:
+            return f"unknown label '{key}' (allowed: {', '.join(self.names)})"
+        return replace(row, data={**row.data, "label": self.names[index]})
+
+    def finish(self) -> list[str]:
+        if self.names is None:
+            self.names = infer_label_names(self.seen)
+            self._match = _label_matcher(self.names)
+        return self.names
+
+
+
+class ValueLabels:
+    """Regression targets: a finite real number per text row."""
+
+    kind = "text"
+
+    def check(self, row: Row) -> Row | str:
+        raw = row.data.get("label")
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return "missing label"
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            return f"label is not a number: {raw!r}"
+        if not math.isfinite(value):
+            return f"label is not a finite number: {raw!r}"
+        return replace(row, data={**row.data, "label": value})
+
+    def finish(self) -> None:
+        return None
+
+
+class TagLabels:
+    """Word tags of token rows (IOB2): counts must match and every tag must be known."""
+
+    kind = "tokens"
+
+    def __init__(self, names: list[str] | None):
+        self.names = list(names) if names is not None else None
+        self.seen: set[str] = set()
+
+    def check(self, row: Row) -> Row | str:
+        from tuneforge.data.token_labels import check_tokens_row
+
+        tokens, tags = row.data.get("tokens", []), row.data.get("tags", [])
+        problem = check_tokens_row(tokens, tags)
+        if problem:
+            return problem
+        if self.names is not None:
+            unknown = sorted(set(tags) - set(self.names))
+            if unknown:
+                return f"unknown tag '{unknown[0]}' (allowed: {', '.join(self.names)})"
+        else:
+            self.seen.update(tags)
+        return row
+
+    def finish(self) -> list[str]:
+        if self.names is None:
+            from tuneforge.data.token_labels import tag_vocabulary
+
+            self.names = tag_vocabulary([sorted(self.seen)])
+        return self.names
+
+
+LabelChecker = ClassLabels | ValueLabels | TagLabels
+
+
+def label_checker(mode: str | None, names: list[str] | None) -> LabelChecker | None:
+    """The checker for a task's label mode ("class", "value", "tags"), or None for unlabelled data."""
+    if mode is None:
+        return None
+    if mode == "class":
+        return ClassLabels(names)
+    if mode == "value":
+        return ValueLabels()
+    if mode == "tags":
+        return TagLabels(names)
+    raise ValueError(f"unknown label mode {mode!r}")

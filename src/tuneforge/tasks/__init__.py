@@ -1,0 +1,21 @@
+"""Task specs: what each ``task:`` value means for data, head, loss, predictions and metrics.
+
+``get_task(name)`` returns a ``TaskSpec``; the training run, evaluation and export use only its
+fields, so adding a task is adding one small module here.
+"""
+
+from __future__ import annotations
+
+from tuneforge.tasks.base import TaskSpec
+
+
+def get_task(name: str) -> TaskSpec:
+    if name == "classification":
+        from tuneforge.tasks.classification import SPEC
+    elif name == "regression":
+        from tuneforge.tasks.regression import SPEC
+    elif name == "token_classification":
+        from tuneforge.tasks.token_classification import SPEC
+    else:
+        raise ValueError(f"unknown task {name!r}")
+    return SPEC

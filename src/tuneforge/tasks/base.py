@@ -1,0 +1,33 @@
+"""``TaskSpec``: the handful of things that differ between tasks, as plain fields and functions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    #: What the data stage checks and canonicalises: class names, real values, word tags.
+    labels: Literal["class", "value", "tags"]
+    #: ``Encoded.label_kind`` of the encoded examples (decides padding and the loss).
+    label_kind: str
+    #: The transformers Auto class that loads the head (training) and the export (users).
+    auto_class: str
+    #: peft's TaskType name for adapter methods.
+    peft_task_type: str
+    #: ``head_kwargs(label_names) -> from_pretrained kwargs`` (num_labels, id2label, ...).
+    head_kwargs: Callable[[list[str] | None], dict]
+    #: ``encode(records, tokenizer, max_length, label_names) -> Encoded`` (prepared-split records).
+    encode: Callable[[list[dict], Any, int, list[str] | None], Any]
+    #: ``metrics(predictions, records, encoded, label_names) -> dict`` (without "loss").
+    metrics: Callable[[Any, list[dict], Any, list[str] | None], dict]
+    #: One line for the console after evaluation.
+    summary: Callable[[dict], str]
+
+
+def label_maps(names: list[str]) -> dict:
+    return {"num_labels": len(names), "id2label": dict(enumerate(names)),
+            "label2id": {name: i for i, name in enumerate(names)}}

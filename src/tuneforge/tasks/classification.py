@@ -1,0 +1,26 @@
+"""Single-label sequence classification: a class per text, cross-entropy, accuracy and macro F1."""
+
+from __future__ import annotations
+
+from tuneforge.tasks.base import TaskSpec, label_maps
+
+
+def encode(records: list[dict], tokenizer, max_length: int, names: list[str] | None):
+    from tuneforge.data.batching import Encoded
+
+    index = {name: i for i, name in enumerate(names or [])}
+    ids = tokenizer([r["text"] for r in records], truncation=True, max_length=max_length)["input_ids"]
+    return Encoded(input_ids=ids, labels=[index[r["label"]] for r in records], label_kind="class")
+
+
+def metrics(preds, records: list[dict], encoded, names: list[str] | None) -> dict:
+    from tuneforge.evaluate.metrics import classification_metrics
+
+    return classification_metrics(encoded.labels, preds.labels, names)
+
+
+SPEC = TaskSpec(
+    name="classification", labels="class", label_kind="class", auto_class="AutoModelForSequenceClassification",
+    peft_task_type="SEQ_CLS", head_kwargs=label_maps, encode=encode, metrics=metrics,
+    summary=lambda m: f"accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}",
+)
