@@ -31,6 +31,7 @@ from pydantic import Field, model_validator
 from tuneforge.data.eda import EDA_OPERATIONS, NEEDS_SYNONYMS, Synonyms, eda_edit, load_synonyms
 from tuneforge.data.records import Row
 from tuneforge.errors import ModelResolutionError, TuneforgeError
+from tuneforge.models.generation import GenerationConfig, generate
 from tuneforge.sections import Section
 
 ModelLoader = Callable[[str], "tuple[Any, Any]"]
@@ -183,7 +184,7 @@ def augment_rows(
     """Return the augmented copies of ``rows`` (never the originals) and per-operation counts.
 
     Deterministic for a given ``seed``: EDA seeds one generator per row and copy from
-    ``(seed, row origin, copy)``; sampling-based paraphrasing seeds torch per batch (in a forked
+    ``(seed, row origin, copy)``; sampling-based paraphrasing seeds torch once per call (in a forked
     RNG state, so the caller's torch RNG is untouched).
     """
     eligible = [r for r in rows if r.kind == "text" and not r.augmented]
@@ -219,14 +220,15 @@ def _eda(rows: Sequence[Row], cfg: EdaConfig, seed: int, synonyms: Synonyms, out
 def _back_translate(
     rows: Sequence[Row], cfg: BackTranslationConfig, loader: ModelLoader, out: _Collector
 ) -> None:
-    texts = [r.data["text"] for r in rows]
-    gen = dict(max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams, batch_size=cfg.batch_size)
+    texts = [cfg.forward_prefix + r.data["text"] for r in rows]
+    # Beam search without sampling: the same rows always get the same translations.
+    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams, batch_size=cfg.batch_size)
     # One model in memory at a time: the pivot texts are small, two translation models may not be.
     forward = _load(loader, cfg.forward_model or "", "data.augment.back_translation.forward_model", seq2seq=True)
-    pivot = generate_seq2seq(*forward, texts, prefix=cfg.forward_prefix, **gen)
+    pivot = generate(*forward, texts, gen)
     del forward
     backward = _load(loader, cfg.backward_model or "", "data.augment.back_translation.backward_model", seq2seq=True)
-    back = generate_seq2seq(*backward, pivot, prefix=cfg.backward_prefix, **gen)
+    back = generate(*backward, [cfg.backward_prefix + t for t in pivot], gen)
     for row, mid, text in zip(rows, pivot, back):
         out.add(row, text if mid.strip() else "", "back_translation")
 
@@ -240,13 +242,15 @@ def _paraphrase(
             f"data.augment.paraphrase.model: the tokenizer of '{cfg.model}' has no chat template; "
             "use an instruction-tuned model (e.g. SmolLM2-Instruct)"
         )
-    prompts = [cfg.prompt.replace("{text}", r.data["text"]) for r in rows]
-    outputs = generate_chat(
-        model, tokenizer, prompts, copies=cfg.copies_per_row, max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature, batch_size=cfg.batch_size, seed=seed,
-    )
-    for row, texts in zip(rows, outputs):
-        for text in texts:
+    copies = cfg.copies_per_row
+    # Each prompt repeated copies_per_row times: sampled copies differ, and a batch still holds
+    # batch_size rows, as num_return_sequences would give.
+    prompts = [cfg.prompt.replace("{text}", r.data["text"]) for r in rows for _ in range(copies)]
+    sampling = dict(do_sample=True, temperature=cfg.temperature, seed=seed) if cfg.temperature > 0 else {}
+    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size * copies, **sampling)
+    outputs = generate(model, tokenizer, prompts, gen, chat=True)
+    for i, row in enumerate(rows):
+        for text in outputs[i * copies:(i + 1) * copies]:
             out.add(row, _unquote(text), "paraphrase")
 
 
@@ -290,59 +294,4 @@ def _load(loader: ModelLoader, name: str, key: str, *, seq2seq: bool) -> tuple[A
     if bool(getattr(model.config, "is_encoder_decoder", False)) != seq2seq:
         wanted = "a seq2seq (encoder-decoder) translation model" if seq2seq else "a decoder-only chat model"
         raise ModelResolutionError(f"{key}: '{name}' is a {type(model).__name__}; this needs {wanted}")
-    # Generation must not use dropout; the loader hands over a fresh model for this step only.
-    model.eval()
     return model, tokenizer
-
-
-def generate_seq2seq(
-    model: Any, tokenizer: Any, texts: Sequence[str], *, prefix: str, max_new_tokens: int, num_beams: int,
-    batch_size: int,
-) -> list[str]:
-    """Translate ``texts`` (deterministic beam search), returning one decoded string per input."""
-    import torch
-
-    outputs: list[str] = []
-    for start in range(0, len(texts), batch_size):
-        batch = [prefix + t for t in texts[start:start + batch_size]]
-        enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True)
-        # Only what every seq2seq model accepts; e.g. BERT-style tokenizers add token_type_ids.
-        inputs = {k: enc[k].to(model.device) for k in ("input_ids", "attention_mask")}
-        with torch.no_grad():
-            ids = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
-        outputs.extend(t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True))
-    return outputs
-
-
-def generate_chat(
-    model: Any, tokenizer: Any, prompts: Sequence[str], *, copies: int, max_new_tokens: int, temperature: float,
-    batch_size: int, seed: int,
-) -> list[list[str]]:
-    """Answer each prompt (as one user turn) ``copies`` times; returns the answers per prompt."""
-    import torch
-
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    devices = [model.device.index or 0] if model.device.type == "cuda" else []
-    results: list[list[str]] = []
-    for batch_no, start in enumerate(range(0, len(prompts), batch_size)):
-        encoded = [
-            tokenizer(
-                tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                              add_generation_prompt=True),
-                add_special_tokens=False,
-            )["input_ids"]
-            for p in prompts[start:start + batch_size]
-        ]
-        # Left padding by hand: decoder-only generation continues from the last position, and
-        # setting tokenizer.padding_side would change the caller's tokenizer.
-        width = max(len(ids) for ids in encoded)
-        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded], device=model.device)
-        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=model.device)
-        sampling = dict(do_sample=True, temperature=temperature) if temperature > 0 else dict(do_sample=False)
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
-            torch.manual_seed(seed * 1_000_003 + batch_no)
-            ids = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                 num_return_sequences=copies, pad_token_id=pad_id, **sampling)
-        texts = tokenizer.batch_decode(ids[:, width:], skip_special_tokens=True)
-        results.extend(texts[i:i + copies] for i in range(0, len(texts), copies))
-    return results

@@ -32,6 +32,10 @@ def write_eval_report(
         "confusion_matrix": out_dir / "confusion_matrix.png",
     }
     _write_text_atomic(paths["json"], _render_json(metrics, extra))
+    if "confusion_matrix" not in metrics:  # regression, NER, generation: a table of the scalar metrics
+        del paths["confusion_matrix"]
+        _write_text_atomic(paths["markdown"], render_scalar_markdown(metrics, title=title, extra=extra))
+        return paths
     _write_text_atomic(paths["markdown"], render_markdown(metrics, title=title, extra=extra))
     plot_confusion_matrix(
         metrics["confusion_matrix"], metrics["label_names"], paths["confusion_matrix"],
@@ -77,6 +81,20 @@ def render_markdown(metrics: dict, *, title: str = "Evaluation", extra: dict | N
         "## Confusion matrix\n\nRows are true labels, columns are predicted labels.\n\n"
         + _confusion_table(metrics),
     ]
+    return "\n\n".join(s for s in sections if s) + "\n"
+
+
+def render_scalar_markdown(metrics: dict, *, title: str = "Evaluation", extra: dict | None = None) -> str:
+    """Every scalar metric in a table, and nested per-type/per-label tables when present."""
+    rows = ["| metric | value |", "|---|---|"]
+    rows += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items() if isinstance(v, (int, float))]
+    sections = [f"# {title}", _extra_list(extra), "\n".join(rows)]
+    for key, table in metrics.items():
+        if isinstance(table, dict) and table and all(isinstance(v, dict) for v in table.values()):
+            cols = list(next(iter(table.values())))
+            lines = [f"## {key}", "", "| name | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+            lines += [f"| {name} | " + " | ".join(_fmt(v.get(c)) for c in cols) + " |" for name, v in table.items()]
+            sections.append("\n".join(lines))
     return "\n\n".join(s for s in sections if s) + "\n"
 
 
@@ -146,5 +164,7 @@ def _one_line(text) -> str:
     return " ".join(str(text).splitlines())
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.4f}"
+def _fmt(value) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:.4f}" if isinstance(value, float) else str(value)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 def _metrics_table(metrics: dict) -> str:
     rows = ["| metric | value |", "|---|---|"]
-    for key in ("accuracy", "macro_f1", "macro_precision", "macro_recall", "loss"):
-        if key in metrics:
-            rows.append(f"| {key} | {metrics[key]:.4f} |")
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            rows.append(f"| {key} | {value:.4f} |")
     per_class = metrics.get("per_class") or {}
     if per_class:
         rows += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
@@ -22,7 +22,8 @@ def write_model_card(out_dir: Path, *, recipe_yaml: str, recipe, data_summary: d
                      metrics: dict, verification: dict | None, params: str) -> Path:
     files = "\n".join(f"- `{path}`: sha256 `{info['sha256'][:16]}…`, {info['bytes']:,} bytes"
                       for path, info in manifest.get("data_files", {}).items())
-    labels = ", ".join(f"`{i}` = {name}" for i, name in enumerate(data_summary["label_names"]))
+    labels = ", ".join(f"`{i}` = {name}" for i, name in enumerate(data_summary["label_names"] or [])) or \
+        "a single real-valued output (regression)"
     verified = ("not run" if verification is None else
                 f"{100 * verification['prediction_agreement']:.2f}% prediction agreement with the trained model "
                 f"on {verification['examples']} validation examples, max |logit difference| "

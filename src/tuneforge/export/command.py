@@ -17,7 +17,7 @@ class ExportConfig(Section):
 
 
 def run_export(cfg: ExportConfig) -> Path:
-    from tuneforge.data.prepare import encode, load_prepared
+    from tuneforge.data.prepare import encode_split, load_prepared
     from tuneforge.errors import TuneforgeError
     from tuneforge.evaluate.predict import predict
     from tuneforge.export.card import write_model_card
@@ -25,6 +25,7 @@ def run_export(cfg: ExportConfig) -> Path:
     from tuneforge.models.build import build_model, load_tokenizer
     from tuneforge.models.resolve import resolve_model
     from tuneforge.recipe import load_recipe, recipe_to_yaml
+    from tuneforge.tasks import get_task
     from tuneforge.train.checkpoint import load_best
 
     if not (cfg.run_dir / "recipe.yaml").exists():
@@ -35,16 +36,18 @@ def run_export(cfg: ExportConfig) -> Path:
     data = load_prepared(cfg.run_dir / "data")  # exactly the rows the run trained and validated on
     resolved = resolve_model(recipe.model.name, allow_pickle=recipe.model.allow_pickle)
     tokenizer = load_tokenizer(resolved, recipe.model.trust_remote_code)
-    model, params = build_model(recipe, resolved, data.label_names, tokenizer.pad_token_id)
+    spec = get_task(recipe.task)
+    model, params = build_model(recipe, resolved, spec, data.label_names, tokenizer.pad_token_id)
     best = load_best(model, cfg.run_dir / "checkpoints")
     if best is None:
         raise TuneforgeError(f"{cfg.run_dir}: no best checkpoint (checkpoints/best); train the run first")
-    val_enc = encode(tokenizer, data.validation, recipe.model.max_length)
+    val_enc = encode_split(spec, tokenizer, data, "validation", recipe.model.max_length)
     reference = predict(model, val_enc, batch_size=recipe.train.eval_batch_size, pad_id=tokenizer.pad_token_id)
     out = save_export(merged_model(model), tokenizer, cfg.output_dir or cfg.run_dir / "export")
     verification = None
     if cfg.verify:
-        verification = verify_export(out, reference.outputs, val_enc, pad_id=tokenizer.pad_token_id)
+        verification = verify_export(out, reference.outputs, val_enc, pad_id=tokenizer.pad_token_id,
+                                     auto_class=spec.auto_class)
     metrics_path = cfg.run_dir / "eval" / "eval.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else best.get("metrics", {})
     manifest_path = cfg.run_dir / "manifest.json"

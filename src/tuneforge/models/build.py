@@ -39,21 +39,18 @@ def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
     return tok
 
 
-def load_classifier(resolved: ResolvedModel, label_names: list[str], *, trust_remote_code: bool = False,
-                    pad_token_id: int | None = None):
-    """Pretrained body with a freshly initialised classification head for ``label_names``."""
-    from transformers import AutoModelForSequenceClassification
+def load_task_model(resolved: ResolvedModel, spec, label_names: list[str] | None, *,
+                    trust_remote_code: bool = False, pad_token_id: int | None = None):
+    """Pretrained body with a freshly initialised head for task ``spec`` (``spec.auto_class``)."""
+    import transformers
     from transformers.utils import logging as hf_logging
 
     # transformers warns at length that the new head "should be trained": that is the point here.
     previous = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            resolved.path,
-            num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)),
-            label2id={name: i for i, name in enumerate(label_names)},
+        model = getattr(transformers, spec.auto_class).from_pretrained(
+            resolved.path, **spec.head_kwargs(label_names),
             **model_load_kwargs(resolved, trust_remote_code=trust_remote_code),
         )
     finally:
@@ -129,10 +126,10 @@ def apply_lora(model, lora_cfg):
         raise TuneforgeError(f"lora.target_modules: {exc}") from None
 
 
-def build_model(recipe, resolved: ResolvedModel, label_names: list[str], pad_token_id: int | None):
+def build_model(recipe, resolved: ResolvedModel, spec, label_names: list[str] | None, pad_token_id: int | None):
     """The model a recipe trains, with its parameter count."""
-    model = load_classifier(
-        resolved, label_names, trust_remote_code=recipe.model.trust_remote_code, pad_token_id=pad_token_id
+    model = load_task_model(
+        resolved, spec, label_names, trust_remote_code=recipe.model.trust_remote_code, pad_token_id=pad_token_id
     )
     if recipe.method == "lora":
         model = apply_lora(model, recipe.lora)

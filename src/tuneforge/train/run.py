@@ -117,12 +117,13 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
     """Fine-tune per ``recipe``; evaluate the best checkpoint; export if ``recipe.export.enabled``."""
     from accelerate.utils import gather_object, set_seed
 
-    from tuneforge.data.prepare import encode_cached, load_prepared, prepare_classification
+    from tuneforge.data.prepare import encode_cached, load_prepared, prepare_task_data
     from tuneforge.models.build import build_model, load_tokenizer
     from tuneforge.models.resolve import resolve_model
     from tuneforge.train.checkpoint import TrainState, load_last
     from tuneforge.train.loop import LoopInputs, train_loop
     from tuneforge.train.manifest import build_manifest
+    from tuneforge.tasks import get_task
     from tuneforge.train.optim import build_optimizer, build_scheduler
 
     _quiet_libraries()
@@ -138,21 +139,23 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
 
     # --- data: fails fast, before any model is loaded
     # Only the main process prepares (it writes files); the others read the same prepared splits.
+    spec = get_task(recipe.task)
     data_dir = run_dir / "data"
     if is_main:
-        prepare_classification(recipe.data, recipe.seed, data_dir)
+        prepare_task_data(recipe.data, recipe.seed, data_dir, spec)
     accelerator.wait_for_everyone()
     data = load_prepared(data_dir)
-    say(f"data: {len(data.train):,} train / {len(data.validation):,} validation rows, labels "
-        f"{data.label_names}; {data.rejected_rows} rejected or removed (see {data_dir / 'data_report.md'})")
+    labels = f", labels {data.label_names}" if data.label_names else ""
+    say(f"data: {len(data.records['train']):,} train / {len(data.records['validation']):,} validation rows{labels}; "
+        f"{data.rejected_rows} rejected or removed (see {data_dir / 'data_report.md'})")
 
     resolved = resolve_model(recipe.model.name, allow_pickle=recipe.model.allow_pickle)
     set_seed(recipe.seed)
     tokenizer = load_tokenizer(resolved, recipe.model.trust_remote_code)
     section = recipe.data.model_dump(mode="json")
-    train_enc = encode_cached(tokenizer, data, "train", recipe.model.max_length, section)
-    val_enc = encode_cached(tokenizer, data, "validation", recipe.model.max_length, section)
-    model, params = build_model(recipe, resolved, data.label_names, tokenizer.pad_token_id)
+    train_enc = encode_cached(tokenizer, data, "train", recipe.model.max_length, section, spec)
+    val_enc = encode_cached(tokenizer, data, "validation", recipe.model.max_length, section, spec)
+    model, params = build_model(recipe, resolved, spec, data.label_names, tokenizer.pad_token_id)
     say(f"model: {recipe.model.name} ({resolved.source}: {resolved.path}); method {recipe.method}; {params}")
 
     cfg = recipe.train
@@ -184,14 +187,13 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
         f"{accelerator.device.type}, precision {precision}")
 
     def evaluate(m) -> dict:
-        from tuneforge.evaluate.metrics import classification_metrics
         from tuneforge.evaluate.predict import predict
 
         # The unwrapped module (still autocast when mixed precision is on) avoids DDP collectives in eval.
         preds = predict(accelerator.unwrap_model(m), val_enc, batch_size=cfg.eval_batch_size,
                         pad_id=tokenizer.pad_token_id, device=accelerator.device,
                         rank=accelerator.process_index, world_size=accelerator.num_processes, gather=gather_object)
-        out = classification_metrics(data.validation.labels, preds.labels, data.label_names)
+        out = spec.metrics(preds, data.records["validation"], val_enc, data.label_names)
         out["loss"] = preds.loss
         return out
 
@@ -216,15 +218,14 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
     # --- final evaluation of the best checkpoint, in fp32, on one process
     base = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     if is_main:
-        result = _finish(recipe, base, tokenizer, val_enc, data, ckpt_dir, metrics_file, manifest, params,
+        result = _finish(recipe, spec, base, tokenizer, val_enc, data, ckpt_dir, metrics_file, manifest, params,
                          result, say)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
 
 
-def _finish(recipe, base, tokenizer, val_enc, data, ckpt_dir, metrics_file, manifest, params, result, say):
-    from tuneforge.evaluate.metrics import classification_metrics
+def _finish(recipe, spec, base, tokenizer, val_enc, data, ckpt_dir, metrics_file, manifest, params, result, say):
     from tuneforge.evaluate.plots import plot_loss_curves
     from tuneforge.evaluate.predict import predict
     from tuneforge.evaluate.report import write_eval_report
@@ -234,7 +235,7 @@ def _finish(recipe, base, tokenizer, val_enc, data, ckpt_dir, metrics_file, mani
     best = load_best(base, ckpt_dir)
     preds = predict(base, val_enc, batch_size=recipe.train.eval_batch_size, pad_id=tokenizer.pad_token_id,
                     precision="fp32")
-    metrics = classification_metrics(data.validation.labels, preds.labels, data.label_names)
+    metrics = spec.metrics(preds, data.records["validation"], val_enc, data.label_names)
     metrics["loss"] = preds.loss
     metrics["step"] = best["step"] if best else result.global_step
     write_eval_report(metrics, run_dir / "eval", title=f"{recipe.name}: validation",
@@ -242,8 +243,7 @@ def _finish(recipe, base, tokenizer, val_enc, data, ckpt_dir, metrics_file, mani
                              "model": recipe.model.name, "method": recipe.method})
     plot_loss_curves(metrics_file, run_dir / "loss.png")
     result.metrics = metrics
-    say(f"validation accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f} "
-        f"(best step {metrics['step']}); report: {run_dir / 'eval' / 'eval.md'}")
+    say(f"validation {spec.summary(metrics)} (best step {metrics['step']}); report: {run_dir / 'eval' / 'eval.md'}")
     if recipe.export.enabled:
         from tuneforge.export.card import write_model_card
         from tuneforge.export.merge import merged_model, save_export, verify_export
@@ -252,6 +252,7 @@ def _finish(recipe, base, tokenizer, val_enc, data, ckpt_dir, metrics_file, mani
         verification = None
         if recipe.export.verify:
             verification = verify_export(export_dir, preds.outputs, val_enc, pad_id=tokenizer.pad_token_id,
+                                         auto_class=spec.auto_class,
                                          batch_size=recipe.train.eval_batch_size)
         write_model_card(export_dir, recipe_yaml=recipe_to_yaml(recipe), recipe=recipe,
                          data_summary=data.summary(), manifest=manifest, metrics=metrics,
