@@ -182,6 +182,7 @@ def test_unsupported_architecture_names_what_is_supported():
     with pytest.raises(TuneforgeError, match=r"BartForConditionalGeneration is not a supported architecture; "
                                              r".*BERT-style encoder .*Llama-style decoder .*Use lora instead"):
         apply_method(bart, "adapter", task_type="seq2seq")
+    assert all(p.requires_grad for p in bart.parameters())  # refused before anything was frozen
 
 
 def test_reduction_factor_larger_than_hidden_size():

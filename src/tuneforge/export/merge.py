@@ -38,6 +38,11 @@ def save_export(model, tokenizer, out_dir: Path) -> Path:
     return out_dir
 
 
+#: Both sides run in fp32; anything above this is a broken export, not rounding (a regression head
+#: has no argmax to disagree on, so the logits themselves must match).
+MAX_LOGIT_DIFF = 1e-3
+
+
 def verify_export(export_dir: Path, reference_outputs: list, encoded, *, pad_id: int, batch_size: int = 64,
                   min_agreement: float = 1.0, auto_class: str = "AutoModelForSequenceClassification") -> dict:
     """Reload the export the way a user would (``transformers.<auto_class>``) and compare its
@@ -58,7 +63,8 @@ def verify_export(export_dir: Path, reference_outputs: list, encoded, *, pad_id:
         agree, max_diff = 1.0, 0.0
     report = {"examples": len(encoded), "reloaded_with": f"transformers.{auto_class}",
               "prediction_agreement": agree, "max_abs_logit_diff": max_diff,
-              "min_agreement": min_agreement, "passed": agree >= min_agreement}
+              "min_agreement": min_agreement, "max_abs_logit_diff_allowed": MAX_LOGIT_DIFF,
+              "passed": agree >= min_agreement and max_diff <= MAX_LOGIT_DIFF}
     (export_dir / "verification.json").write_text(json.dumps(report, indent=2))
     if not report["passed"]:
         raise TuneforgeError(

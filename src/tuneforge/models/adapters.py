@@ -94,8 +94,8 @@ def adapter_sites(model, kind: str) -> list[str]:
 def insert_adapters(model, cfg: AdapterConfig) -> list[str]:
     """Add a fresh (identity) adapter after each site of ``cfg.kind``; returns the adapted layer names.
 
-    Only the adapters are made trainable here; freezing the base is the caller's decision
-    (``apply_method`` freezes everything but the task head first).
+    Freezing the base is the caller's decision (``apply_method`` freezes everything but the task head
+    and the adapters); a new adapter's parameters require gradients like any new module's.
     """
     sites = adapter_sites(model, cfg.kind)
     for name in sites:

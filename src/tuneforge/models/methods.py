@@ -300,25 +300,31 @@ def apply_method(model, method: str, cfg: MethodConfig | None = None, *, task_ty
     cfg = _method_config(method, cfg)
     if method == "full":
         return model
-    new_heads = head_modules(model, task_type) if task_type in NEW_HEAD_TASKS else {}
     if method == "head_only":
         _freeze_all_but(model, head_modules(model, task_type))
-        result = model
-    elif method == "adapter":
-        from tuneforge.models.adapters import insert_adapters
+        return _checked(model, method)
+    new_heads = head_modules(model, task_type) if task_type in NEW_HEAD_TASKS else {}
+    if method == "adapter":
+        from tuneforge.models.adapters import ADAPTER_ATTR, insert_adapters
 
-        _freeze_all_but(model, new_heads)
-        insert_adapters(model, cfg)
+        # Insert first: an unsupported architecture then fails before anything was frozen.
+        sites = insert_adapters(model, cfg)
+        adapters = {site: getattr(model.get_submodule(site), ADAPTER_ATTR) for site in sites}
+        _freeze_all_but(model, {**new_heads, **adapters})
         result = model
     else:
         result = _apply_peft(model, method, cfg, task_type, list(new_heads), tokenizer)
+    return _checked(result, method)
+
+
+def _checked(model, method: str):
     from tuneforge.models.build import count_parameters
 
-    count = count_parameters(result)
+    count = count_parameters(model)
     if count.trainable == 0:
         raise TuneforgeError(f"method {method}: no parameter of {type(model).__name__} is left to train")
     logging.getLogger(__name__).info("method %s: %s", method, count)
-    return result
+    return model
 
 
 def _method_config(method: str, cfg: MethodConfig | None) -> MethodConfig | None:
@@ -337,33 +343,9 @@ def _method_config(method: str, cfg: MethodConfig | None) -> MethodConfig | None
 def _apply_peft(model, method: str, cfg: MethodConfig, task_type: str, heads: list[str], tokenizer):
     import peft
 
-    task = getattr(peft.TaskType, _PEFT_TASK[task_type])
-    # None, not []: PEFT adds its own default head names for SEQ_CLS/TOKEN_CLS/QA to whatever we pass.
-    save = heads or None
-    if method in ("lora", "dora"):
-        targets = cfg.target_modules or default_lora_targets(model, cfg.include_mlp)
-        peft_cfg = peft.LoraConfig(task_type=task, r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                                   target_modules=targets, use_dora=cfg.use_dora or method == "dora",
-                                   modules_to_save=save)
-        key = "lora.target_modules"
-    elif method == "ia3":
-        peft_cfg = peft.IA3Config(task_type=task, target_modules=cfg.target_modules,
-                                  feedforward_modules=cfg.feedforward_modules, modules_to_save=save)
-        key = "ia3.target_modules"
-    elif method == "prefix":
-        _require_past_key_values(model, task_type)
-        peft_cfg = peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=cfg.num_virtual_tokens,
-                                           prefix_projection=cfg.projection,
-                                           encoder_hidden_size=cfg.projection_hidden_size, modules_to_save=save)
-        key = "prefix"
-    else:
-        if cfg.init == "text" and tokenizer is None:
-            raise TypeError("apply_method: prompt.init 'text' needs the tokenizer (tokenizer=...)")
-        # Always random here: PEFT's own text init reloads a tokenizer by name, which a local or
-        # offline model may not have; _init_prompt_from_text does the same with the tokenizer we hold.
-        peft_cfg = peft.PromptTuningConfig(task_type=task, num_virtual_tokens=cfg.num_virtual_tokens,
-                                           prompt_tuning_init="RANDOM", modules_to_save=save)
-        key = "prompt"
+    if method == "prompt" and cfg.init == "text" and tokenizer is None:
+        raise TypeError("apply_method: prompt.init 'text' needs the tokenizer (tokenizer=...)")
+    peft_cfg, key = _peft_config(model, method, cfg, task_type, heads)
     try:
         with warnings.catch_warnings():
             # peft 0.2x reads transformers' deprecated `is_gradient_checkpointing` on every wrap; the
@@ -379,6 +361,32 @@ def _apply_peft(model, method: str, cfg: MethodConfig, task_type: str, heads: li
     if method == "prompt" and cfg.init == "text":
         _init_prompt_from_text(wrapped, cfg.init_text, tokenizer)
     return wrapped
+
+
+def _peft_config(model, method: str, cfg: MethodConfig, task_type: str, heads: list[str]):
+    """The PEFT config for ``method``, and the recipe key to name when PEFT rejects it."""
+    import peft
+
+    task = getattr(peft.TaskType, _PEFT_TASK[task_type])
+    # None, not []: PEFT adds its own default head names for SEQ_CLS/TOKEN_CLS/QA to whatever we pass.
+    save = heads or None
+    if method in ("lora", "dora"):
+        targets = cfg.target_modules or default_lora_targets(model, cfg.include_mlp)
+        return peft.LoraConfig(task_type=task, r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                               target_modules=targets, use_dora=cfg.use_dora or method == "dora",
+                               modules_to_save=save), "lora.target_modules"
+    if method == "ia3":
+        return peft.IA3Config(task_type=task, target_modules=cfg.target_modules,
+                              feedforward_modules=cfg.feedforward_modules, modules_to_save=save), "ia3.target_modules"
+    if method == "prefix":
+        _require_past_key_values(model, task_type)
+        return peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=cfg.num_virtual_tokens,
+                                       prefix_projection=cfg.projection,
+                                       encoder_hidden_size=cfg.projection_hidden_size, modules_to_save=save), "prefix"
+    # Always random here: PEFT's own text init reloads a tokenizer by name, which a local or offline
+    # model may not have; _init_prompt_from_text does the same with the tokenizer we already hold.
+    return peft.PromptTuningConfig(task_type=task, num_virtual_tokens=cfg.num_virtual_tokens,
+                                   prompt_tuning_init="RANDOM", modules_to_save=save), "prompt"
 
 
 def _require_past_key_values(model, task_type: str) -> None:
@@ -479,7 +487,7 @@ def _unwrapped_state_dict(base) -> dict:
     the export keeps the trained one, as ``X``."""
     out = {}
     for name, tensor in base.state_dict().items():
-        if False:
+        if ".original_module." in name:
             continue
         if ".modules_to_save." in name:
             prefix, rest = name.split(".modules_to_save.", 1)
