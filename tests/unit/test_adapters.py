@@ -101,6 +101,16 @@ def test_adapter_shape_and_activation():
     assert torch.count_nonzero(adapters[0].up.weight) == 0
 
 
+def test_adapters_on_a_bfloat16_base_train_in_float32():
+    model = bert().to(torch.bfloat16)
+    before = logits(model)
+    insert_adapters(model, PFEIFFER)
+    adapter = model.bert.encoder.layer[0].output.dense.bottleneck_adapter
+    assert adapter.down.weight.dtype == torch.float32
+    after = logits(model)
+    assert after.dtype == torch.bfloat16 and torch.equal(after, before)
+
+
 def test_adapter_method_trains_adapters_and_head_only():
     model = apply_method(bert(), "adapter", HOULSBY, task_type="classification")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}

@@ -67,7 +67,8 @@ class BottleneckAdapter(nn.Module):
 
 
 def _add_adapter_output(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
-    return output + getattr(module, ADAPTER_ATTR)(output)
+    adapter = getattr(module, ADAPTER_ATTR)
+    return output + adapter(output.to(adapter.up.weight.dtype)).to(output.dtype)
 
 
 def adapter_sites(model, kind: str) -> list[str]:
@@ -107,8 +108,11 @@ def insert_adapters(model, cfg: AdapterConfig) -> list[str]:
                 f"adapter.reduction_factor: {cfg.reduction_factor} leaves no bottleneck units for hidden size "
                 f"{linear.out_features}; use at most {linear.out_features}"
             )
+        # As PEFT does (autocast_adapter_dtype): trainable weights stay float32 on a half-precision base,
+        # where optimizer updates to bf16/fp16 weights would lose most of their bits.
+        half = linear.weight.dtype in (torch.float16, torch.bfloat16)
         adapter = BottleneckAdapter(linear.out_features, cfg)
-        adapter.to(device=linear.weight.device, dtype=linear.weight.dtype)
+        adapter.to(device=linear.weight.device, dtype=torch.float32 if half else linear.weight.dtype)
         linear.add_module(ADAPTER_ATTR, adapter)
         linear.register_forward_hook(_add_adapter_output)
     return sites
