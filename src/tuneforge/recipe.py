@@ -22,6 +22,8 @@ from tuneforge.data.dedup import DecontaminateConfig, DedupConfig
 from tuneforge.data.formatting import ChatFormatConfig
 from tuneforge.data.sources import SourceConfig, SourceFormat
 from tuneforge.data.split import SplitConfig
+from tuneforge.models.methods import (METHOD_SECTIONS, AdapterConfig, IA3Config, LoraConfig, MethodName,
+                                      PrefixTuningConfig, PromptTuningConfig)
 from tuneforge.sections import Section
 
 # Per task: the metrics a run can select its best checkpoint / stop early on, and whether bigger is
@@ -147,16 +149,6 @@ class FirstNLayers(Section):
 FreezePolicy = Union[Literal["none", "embeddings", "all_but_head"], FirstNLayers]
 
 
-class LoraSection(Section):
-    r: int = Field(8, ge=1, le=1024, description="LoRA rank.")
-    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the LoRA branch input.")
-    target_modules: list[str] | None = Field(
-        None,
-        description="Module names to adapt, e.g. [query, value]. Default: PEFT's choice for the architecture.",
-    )
-
-
 class TrainSection(Section):
     epochs: float = Field(1.0, gt=0, description="Passes over the training data (fractions allowed).")
     max_steps: int | None = Field(
@@ -227,8 +219,15 @@ class Recipe(Section):
     )
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection
-    method: Literal["full", "lora"] = Field("lora", description="full: train all (unfrozen) weights; lora: PEFT LoRA.")
-    lora: LoraSection = Field(default_factory=LoraSection)
+    method: MethodName = Field(
+        "lora", description="full: all (unfrozen) weights; head_only: a linear probe; through peft: lora, dora, "
+        "ia3, prefix, prompt; adapter: bottleneck adapters (Houlsby/Pfeiffer). See docs/methods.md."
+    )
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="Settings of method lora and dora.")
+    ia3: IA3Config = Field(default_factory=IA3Config, description="Settings of method ia3.")
+    prefix: PrefixTuningConfig = Field(default_factory=PrefixTuningConfig, description="Settings of method prefix.")
+    prompt: PromptTuningConfig = Field(default_factory=PromptTuningConfig, description="Settings of method prompt.")
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="Settings of method adapter.")
     freeze: Annotated[FreezePolicy, Field(union_mode="left_to_right")] = Field(
         "none",
         description="Frozen weights for method full: none, embeddings, all_but_head, or {first_n_layers: N}.",
@@ -247,11 +246,14 @@ class Recipe(Section):
                 f"train.metric_for_best: unknown metric {self.train.metric_for_best!r} for task {self.task}; "
                 f"allowed: {', '.join(allowed)}"
             )
-        if self.method == "full" and "lora" in self.model_fields_set:
-            raise ValueError("lora: settings given but method is 'full'; set method: lora or remove the lora section")
-        if self.method == "lora" and self.freeze != "none":
+        used = METHOD_SECTIONS.get(self.method, (None,))[0]
+        for section in sorted({key for key, _ in METHOD_SECTIONS.values()} & self.model_fields_set - {used}):
+            users = [m for m, (key, _) in METHOD_SECTIONS.items() if key == section]
+            raise ValueError(f"{section}: settings given but method is '{self.method}'; set method: "
+                             f"{' or '.join(users)} or remove the {section} section")
+        if self.method != "full" and self.freeze != "none":
             raise ValueError(
-                "freeze: must be 'none' with method 'lora' (LoRA already freezes every base weight); "
+                f"freeze: must be 'none' with method '{self.method}' (it already decides what trains); "
                 f"got {self._freeze_text()}"
             )
         return self
@@ -270,11 +272,12 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 
 def resolved_dict(recipe: Recipe) -> dict:
-    """The recipe with every default filled in, minus sections that do not apply (the lora section of a
-    full fine-tune, a split fraction next to the file it would replace), so the result validates again."""
+    """The recipe with every default filled in, minus sections that do not apply (method sections other
+    than the recipe's method, a split fraction next to the file it would replace), so the result validates again."""
     data = recipe.model_dump(mode="json")
-    if recipe.method != "lora":
-        data.pop("lora")
+    used = METHOD_SECTIONS.get(recipe.method, (None,))[0]
+    for section in {key for key, _ in METHOD_SECTIONS.values()} - {used}:
+        data.pop(section)
     for given, fraction in (("validation_file", "validation_fraction"), ("test_file", "test_fraction")):
         if getattr(recipe.data, given) is not None:
             data["data"]["split"].pop(fraction)

@@ -102,3 +102,16 @@ def test_regression_label_that_is_not_a_number_is_rejected(tmp_path, make_recipe
     result = train(recipe)
     [row] = [json.loads(line) for line in (result.run_dir / "data" / "rejected.jsonl").read_text().splitlines()]
     assert (row["line"], row["reason"]) == (97, "label is not a number: 'very good'")
+
+
+@pytest.mark.parametrize("method", ["head_only", "dora", "ia3", "prefix", "prompt", "adapter"])
+def test_every_method_trains_and_its_export_reloads_identically(method, make_recipe):
+    """Through train(): the method is applied, trains, and the export (merged, or base + method files)
+    reloads to the same predictions (the run's verification fails the run otherwise)."""
+    result = train(make_recipe(f"method={method}", "train.max_steps=12", "export.enabled=true",
+                               "train.learning_rate=1e-2"))
+    assert 0 < result.params["trainable"] < result.params["total"]
+    assert result.verification["passed"] and result.verification["max_abs_logit_diff"] < 1e-4
+    expected = {"head_only": "plain", "dora": "merged", "ia3": "merged", "prefix": "peft_prompt",
+                "prompt": "peft_prompt", "adapter": "bottleneck_adapters"}[method]
+    assert result.verification["export"] == expected

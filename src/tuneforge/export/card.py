@@ -19,7 +19,9 @@ def _metrics_table(metrics: dict) -> str:
 
 
 def write_model_card(out_dir: Path, *, recipe_yaml: str, recipe, data_summary: dict, manifest: dict,
-                     metrics: dict, verification: dict | None, params: str) -> Path:
+                     metrics: dict, verification: dict | None, params: str, export_how: str = "plain") -> Path:
+    from tuneforge.models.methods import EXPORT_CONTENTS
+
     files = "\n".join(f"- `{path}`: sha256 `{info['sha256'][:16]}…`, {info['bytes']:,} bytes"
                       for path, info in manifest.get("data_files", {}).items())
     labels = ", ".join(f"`{i}` = {name}" for i, name in enumerate(data_summary["label_names"] or [])) or \
@@ -37,12 +39,11 @@ tags: [tuneforge, text-classification]
 # {recipe.name}
 
 Sequence classifier fine-tuned with tuneforge from `{recipe.model.name}`
-(method: {recipe.method}; {params}). LoRA adapters, if any, are merged: this folder is a plain
-`transformers` model.
+(task: {recipe.task}; method: {recipe.method}; {params}). Export: {EXPORT_CONTENTS[export_how]}.
 
 ```python
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
-model = AutoModelForSequenceClassification.from_pretrained("{out_dir.name}")
+model = AutoModelForSequenceClassification.from_pretrained("{out_dir.name}")  # plain exports; see above
 tokenizer = AutoTokenizer.from_pretrained("{out_dir.name}")
 ```
 

@@ -21,7 +21,7 @@ def run_export(cfg: ExportConfig) -> Path:
     from tuneforge.errors import TuneforgeError
     from tuneforge.evaluate.predict import predict
     from tuneforge.export.card import write_model_card
-    from tuneforge.export.merge import merged_model, save_export, verify_export
+    from tuneforge.export.merge import export_model, verify_export
     from tuneforge.models.build import build_model, load_tokenizer
     from tuneforge.models.resolve import resolve_model
     from tuneforge.recipe import load_recipe, recipe_to_yaml
@@ -37,21 +37,22 @@ def run_export(cfg: ExportConfig) -> Path:
     resolved = resolve_model(recipe.model.name, allow_pickle=recipe.model.allow_pickle)
     tokenizer = load_tokenizer(resolved, recipe.model.trust_remote_code)
     spec = get_task(recipe.task)
-    model, params = build_model(recipe, resolved, spec, data.label_names, tokenizer.pad_token_id)
+    model, params = build_model(recipe, resolved, spec, data.label_names, tokenizer.pad_token_id, tokenizer)
     best = load_best(model, cfg.run_dir / "checkpoints")
     if best is None:
         raise TuneforgeError(f"{cfg.run_dir}: no best checkpoint (checkpoints/best); train the run first")
     val_enc = encode_split(spec, tokenizer, data, "validation", recipe.model.max_length)
     reference = predict(model, val_enc, batch_size=recipe.train.eval_batch_size, pad_id=tokenizer.pad_token_id)
-    out = save_export(merged_model(model), tokenizer, cfg.output_dir or cfg.run_dir / "export")
+    out, how = export_model(model, recipe.method, tokenizer, cfg.output_dir or cfg.run_dir / "export")
     verification = None
     if cfg.verify:
         verification = verify_export(out, reference.outputs, val_enc, pad_id=tokenizer.pad_token_id,
-                                     auto_class=spec.auto_class)
+                                     auto_class=spec.auto_class, how=how)
     metrics_path = cfg.run_dir / "eval" / "eval.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else best.get("metrics", {})
     manifest_path = cfg.run_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"packages": {}}
     write_model_card(out, recipe_yaml=recipe_to_yaml(recipe), recipe=recipe, data_summary=data.summary(),
-                     manifest=manifest, metrics=metrics, verification=verification, params=str(params))
+                     manifest=manifest, metrics=metrics, verification=verification, params=str(params),
+                     export_how=how)
     return out

@@ -1,4 +1,4 @@
-"""Write a standalone model: LoRA merged into the base weights, safetensors, tokenizer, label names.
+"""Write the trained model for users (merged into plain weights where the method allows) and verify it.
 
 The export must load with the task's plain ``AutoModelFor...from_pretrained(dir)``, with no
 tuneforge and no peft installed, and predict exactly like the trained model; ``verify_export``
@@ -14,28 +14,38 @@ from pathlib import Path
 from tuneforge.errors import TuneforgeError
 
 
-def merged_model(model):
-    """A plain transformers model: PEFT adapters folded into the weights (W + scale * B @ A)."""
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover - peft is a dependency
-        return model
-    if isinstance(model, PeftModel):
-        return model.merge_and_unload()
-    return model
+def export_model(model, method: str, tokenizer, out_dir: Path) -> tuple[Path, str]:
+    """Write the trained ``model`` for users; returns the folder and how it was exported.
 
+    LoRA/DoRA/IA3 merge into the weights and full/head_only are plain: the folder is a standalone
+    ``transformers`` model. A prefix, a soft prompt and bottleneck adapters cannot be folded into
+    weights: the folder holds the base model plus the method's files and a manifest, reloaded by
+    ``tuneforge.models.methods.load_method_export`` (see ``EXPORT_CONTENTS``).
+    """
+    from tuneforge.models.methods import merge_for_export, save_method_export
 
-def save_export(model, tokenizer, out_dir: Path) -> Path:
-    """Save ``model`` (already merged) and ``tokenizer`` to ``out_dir`` as safetensors."""
+    exportable, how = merge_for_export(model, method)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp, safe_serialization=True)
+    save_method_export(exportable, how, tmp)
     tokenizer.save_pretrained(tmp)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
-    return out_dir
+    return out_dir, how
+
+
+def _reload(export_dir: Path, how: str, auto_class: str):
+    """Reload an export the way a user would: plain transformers when it is a plain model."""
+    if how in ("plain", "merged"):
+        import transformers
+
+        return getattr(transformers, auto_class).from_pretrained(export_dir, use_safetensors=True), \
+            f"transformers.{auto_class}"
+    from tuneforge.models.methods import load_method_export
+
+    return load_method_export(export_dir), "tuneforge.models.methods.load_method_export"
 
 
 #: Both sides run in fp32; anything above this is a broken export, not rounding (a regression head
@@ -44,15 +54,15 @@ MAX_LOGIT_DIFF = 1e-3
 
 
 def verify_export(export_dir: Path, reference_outputs: list, encoded, *, pad_id: int, batch_size: int = 64,
-                  min_agreement: float = 1.0, auto_class: str = "AutoModelForSequenceClassification") -> dict:
-    """Reload the export the way a user would (``transformers.<auto_class>``) and compare its
-    predictions with the trained model's: per example, or per token for token-level tasks."""
+                  min_agreement: float = 1.0, auto_class: str = "AutoModelForSequenceClassification",
+                  how: str = "plain") -> dict:
+    """Reload the export the way a user would (``transformers.<auto_class>`` for plain exports) and
+    compare its predictions with the trained model's: per example, or per token for token-level tasks."""
     import torch
-    import transformers
 
     from tuneforge.evaluate.predict import predict
 
-    reloaded = getattr(transformers, auto_class).from_pretrained(export_dir, use_safetensors=True)
+    reloaded, reloaded_with = _reload(export_dir, how, auto_class)
     got = predict(reloaded, encoded, batch_size=batch_size, pad_id=pad_id, precision="fp32").outputs
     if got:
         new = torch.cat([g.reshape(-1, g.size(-1)) for g in got])
@@ -61,7 +71,7 @@ def verify_export(export_dir: Path, reference_outputs: list, encoded, *, pad_id:
         max_diff = (new - ref).abs().max().item()
     else:
         agree, max_diff = 1.0, 0.0
-    report = {"examples": len(encoded), "reloaded_with": f"transformers.{auto_class}",
+    report = {"examples": len(encoded), "reloaded_with": reloaded_with, "export": how,
               "prediction_agreement": agree, "max_abs_logit_diff": max_diff,
               "min_agreement": min_agreement, "max_abs_logit_diff_allowed": MAX_LOGIT_DIFF,
               "passed": agree >= min_agreement and max_diff <= MAX_LOGIT_DIFF}

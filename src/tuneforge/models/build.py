@@ -1,4 +1,4 @@
-"""Build the task model a recipe asks for: pretrained body + new head, frozen parts, optional LoRA."""
+"""Build the task model a recipe asks for: pretrained body + new head, then frozen parts or a PEFT method."""
 
 from __future__ import annotations
 
@@ -109,32 +109,20 @@ def apply_freeze(model, policy) -> None:
             param.requires_grad_(False)
 
 
-def apply_lora(model, lora_cfg):
-    """Wrap with PEFT LoRA; the classification head stays fully trainable (modules_to_save)."""
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    config = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
-        r=lora_cfg.r,
-        lora_alpha=lora_cfg.alpha,
-        lora_dropout=lora_cfg.dropout,
-        target_modules=lora_cfg.target_modules,
-    )
-    try:
-        return get_peft_model(model, config)
-    except ValueError as exc:
-        raise TuneforgeError(f"lora.target_modules: {exc}") from None
-
-
-def build_model(recipe, resolved: ResolvedModel, spec, label_names: list[str] | None, pad_token_id: int | None):
+def build_model(recipe, resolved: ResolvedModel, spec, label_names: list[str] | None, pad_token_id: int | None,
+                tokenizer=None):
     """The model a recipe trains, with its parameter count."""
+    from tuneforge.models.methods import METHOD_SECTIONS, apply_method
+
     model = load_task_model(
         resolved, spec, label_names, trust_remote_code=recipe.model.trust_remote_code, pad_token_id=pad_token_id
     )
-    if recipe.method == "lora":
-        model = apply_lora(model, recipe.lora)
-    else:
+    if recipe.method == "full":
         apply_freeze(model, recipe.freeze)
+    else:
+        section = METHOD_SECTIONS.get(recipe.method, (None,))[0]
+        cfg = getattr(recipe, section) if section else None
+        model = apply_method(model, recipe.method, cfg, task_type=recipe.task, tokenizer=tokenizer)
     return model, count_parameters(model)
 
 

@@ -155,7 +155,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
     section = recipe.data.model_dump(mode="json")
     train_enc = encode_cached(tokenizer, data, "train", recipe.model.max_length, section, spec)
     val_enc = encode_cached(tokenizer, data, "validation", recipe.model.max_length, section, spec)
-    model, params = build_model(recipe, resolved, spec, data.label_names, tokenizer.pad_token_id)
+    model, params = build_model(recipe, resolved, spec, data.label_names, tokenizer.pad_token_id, tokenizer)
     say(f"model: {recipe.model.name} ({resolved.source}: {resolved.path}); method {recipe.method}; {params}")
 
     cfg = recipe.train
@@ -246,17 +246,17 @@ def _finish(recipe, spec, base, tokenizer, val_enc, data, ckpt_dir, metrics_file
     say(f"validation {spec.summary(metrics)} (best step {metrics['step']}); report: {run_dir / 'eval' / 'eval.md'}")
     if recipe.export.enabled:
         from tuneforge.export.card import write_model_card
-        from tuneforge.export.merge import merged_model, save_export, verify_export
+        from tuneforge.export.merge import export_model, verify_export
 
-        export_dir = save_export(merged_model(base), tokenizer, run_dir / "export")
+        export_dir, how = export_model(base, recipe.method, tokenizer, run_dir / "export")
         verification = None
         if recipe.export.verify:
             verification = verify_export(export_dir, preds.outputs, val_enc, pad_id=tokenizer.pad_token_id,
-                                         auto_class=spec.auto_class,
+                                         auto_class=spec.auto_class, how=how,
                                          batch_size=recipe.train.eval_batch_size)
         write_model_card(export_dir, recipe_yaml=recipe_to_yaml(recipe), recipe=recipe,
                          data_summary=data.summary(), manifest=manifest, metrics=metrics,
-                         verification=verification, params=str(params))
+                         verification=verification, params=str(params), export_how=how)
         result.export_dir, result.verification = export_dir, verification
         say(f"exported model: {export_dir}" + (
             f" (verified: {100 * verification['prediction_agreement']:.1f}% agreement, max |Δlogit| "
