@@ -14,20 +14,20 @@ def test_token_cache_hit_and_tokenizer_change(tmp_path, make_recipe, tiny_model_
     spec = get_task("classification")
     data = prepare_task_data(recipe.data, recipe.seed, tmp_path / "data", spec)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    section = recipe.data.model_dump(mode="json")
     cache = tmp_path / "cache"
 
-    first = encode_cached(tok, data, "train", 32, section, spec, cache)
-    direct = encode_split(spec, tok, data, "train", 32)
+    first = encode_cached(tok, data, "train", recipe, spec, cache)
+    direct = encode_split(spec, tok, data, "train", recipe)
     assert first.input_ids == direct.input_ids and first.labels == direct.labels
     entries = sorted(p.name for p in cache.iterdir())
     assert len(entries) == 1
-    again = encode_cached(tok, data, "train", 32, section, spec, cache)
+    again = encode_cached(tok, data, "train", recipe, spec, cache)
     assert again.input_ids == first.input_ids
     assert sorted(p.name for p in cache.iterdir()) == entries  # a hit: nothing new written
 
     tok.add_tokens(["toyword"])  # a changed tokenizer must not reuse the old entry
-    encode_cached(tok, data, "train", 32, section, spec, cache)
+    encode_cached(tok, data, "train", recipe, spec, cache)
     assert len(list(cache.iterdir())) == 2
-    encode_cached(tok, data, "train", 16, section, spec, cache)  # and neither must another max_length
+    shorter = make_recipe("model.max_length=16")
+    encode_cached(tok, data, "train", shorter, spec, cache)  # and neither must another max_length
     assert len(list(cache.iterdir())) == 3

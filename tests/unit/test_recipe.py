@@ -158,3 +158,13 @@ def test_data_section_cross_field_rules(tmp_path, data, message):
     with pytest.raises(RecipeError) as err:
         load_recipe(path)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "ia3", "prefix", "prompt", "adapter", "head_only", "full"])
+def test_resolved_recipe_validates_again_for_every_method(tmp_path, method):
+    from tuneforge.recipe import recipe_to_yaml
+
+    recipe = load_recipe(write(tmp_path, BASE + f"method: {method}\n"))
+    again = tmp_path / "again.yaml"
+    again.write_text(recipe_to_yaml(recipe))
+    assert load_recipe(again) == recipe

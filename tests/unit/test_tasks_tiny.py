@@ -41,7 +41,7 @@ def _recipe(make_recipe, task, train_file, dev_file, *extra, data=None):
     from tuneforge.config_io import apply_overrides
     from tuneforge.recipe import Recipe
 
-    d = make_recipe().model_dump(mode="json", exclude={"lora"})
+    d = make_recipe().model_dump(mode="json", exclude={"lora", "ia3", "prefix", "prompt", "adapter"})
     d["task"] = task
     d["train"]["metric_for_best"] = None  # the task's default
     d["export"]["enabled"] = True

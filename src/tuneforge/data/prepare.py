@@ -71,33 +71,34 @@ def load_prepared(out_dir: Path) -> PreparedData:
                         meta["validation_source"], out_dir)
 
 
-def encode_split(spec, tokenizer, data: PreparedData, split: str, max_length: int):
+def encode_split(spec, tokenizer, data: PreparedData, split: str, recipe):
     """``spec.encode`` with a clear error when the prepared rows do not fit the task."""
     try:
-        return spec.encode(data.records[split], tokenizer, max_length, data.label_names)
+        return spec.encode(data.records[split], tokenizer, recipe, data.label_names)
     except KeyError as exc:
         raise DataError(f"task {spec.name}: the {split} rows have no field {exc} (check data.text_column / "
                         f"data.label_column and the data format; see {data.out_dir}/{split}.jsonl)") from None
 
 
-def encode_cached(tokenizer, data: PreparedData, split: str, max_length: int, data_section: dict, spec,
-                  cache_root: Path | None = None):
+def encode_cached(tokenizer, data: PreparedData, split: str, recipe, spec, cache_root: Path | None = None):
     """``encode_split`` through the token cache.
 
     The key hashes the prepared split file (so any change upstream: source bytes, cleaning,
     dedup, split, changes it), the recipe's data section, the tokenizer (vocabulary, normaliser,
-    special tokens, template), the task and ``max_length``; a changed tokenizer therefore never
-    reuses a stale entry.
+    special tokens, template), the task and the model section (``max_length``); a changed tokenizer
+    therefore never reuses a stale entry.
     """
     from tuneforge.data.batching import Encoded
     from tuneforge.data.token_cache import TokenCache, cache_key
 
     path = Path(data.out_dir) / f"{split}.jsonl"
-    extra = {"task": spec.name, "max_length": max_length, "label_names": data.label_names}
-    key = cache_key(data_files=[path], data_section=data_section, tokenizer=tokenizer, template=None, extra=extra)
+    extra = {"task": spec.name, "model": recipe.model.model_dump(mode="json"), "label_names": data.label_names,
+             "task_settings": _task_settings(recipe)}
+    key = cache_key(data_files=[path], data_section=recipe.data.model_dump(mode="json"), tokenizer=tokenizer,
+                    template=None, extra=extra)
 
     def build() -> dict[str, list]:
-        enc = encode_split(spec, tokenizer, data, split, max_length)
+        enc = encode_split(spec, tokenizer, data, split, recipe)
         columns = {"input_ids": enc.input_ids, "labels": enc.labels}
         columns.update({f"extra.{k}": v for k, v in enc.extra.items()})
         columns.update({f"meta.{k}": v for k, v in enc.meta.items()})
@@ -109,6 +110,12 @@ def encode_cached(tokenizer, data: PreparedData, split: str, max_length: int, da
                    label_kind=spec.label_kind,
                    extra={k[6:]: _plain(v) for k, v in cols.items() if k.startswith("extra.")},
                    meta={k[5:]: _plain(v) for k, v in cols.items() if k.startswith("meta.")})
+
+
+def _task_settings(recipe) -> dict:
+    """The recipe section named like the task, if any (e.g. ``extractive_qa``): it may change encoding."""
+    section = getattr(recipe, recipe.task, None)
+    return section.model_dump(mode="json") if hasattr(section, "model_dump") else {}
 
 
 def _plain(column) -> list:

@@ -41,7 +41,7 @@ def run_export(cfg: ExportConfig) -> Path:
     best = load_best(model, cfg.run_dir / "checkpoints")
     if best is None:
         raise TuneforgeError(f"{cfg.run_dir}: no best checkpoint (checkpoints/best); train the run first")
-    val_enc = encode_split(spec, tokenizer, data, "validation", recipe.model.max_length)
+    val_enc = encode_split(spec, tokenizer, data, "validation", recipe)
     reference = predict(model, val_enc, batch_size=recipe.train.eval_batch_size, pad_id=tokenizer.pad_token_id)
     out, how = export_model(model, recipe.method, tokenizer, cfg.output_dir or cfg.run_dir / "export")
     verification = None

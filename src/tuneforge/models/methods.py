@@ -153,7 +153,9 @@ class PrefixTuningConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "PrefixTuningConfig":
-        if "projection_hidden_size" in self.model_fields_set and not self.projection:
+        # Compared with the default, not "was it set": a resolved recipe (every default written out)
+        # must validate again.
+        if self.projection_hidden_size != 512 and not self.projection:
             raise ValueError("prefix.projection_hidden_size is set but prefix.projection is false; "
                              "set projection: true or remove projection_hidden_size")
         return self

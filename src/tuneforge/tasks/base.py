@@ -20,8 +20,9 @@ class TaskSpec:
     peft_task_type: str
     #: ``head_kwargs(label_names) -> from_pretrained kwargs`` (num_labels, id2label, ...).
     head_kwargs: Callable[[list[str] | None], dict]
-    #: ``encode(records, tokenizer, max_length, label_names) -> Encoded`` (prepared-split records).
-    encode: Callable[[list[dict], Any, int, list[str] | None], Any]
+    #: ``encode(records, tokenizer, recipe, label_names) -> Encoded`` (prepared-split records; the recipe
+    #: gives ``model.max_length``, ``data.formatting`` and the task's own settings).
+    encode: Callable[[list[dict], Any, Any, list[str] | None], Any]
     #: ``metrics(predictions, records, encoded, label_names) -> dict`` (without "loss").
     metrics: Callable[[Any, list[dict], Any, list[str] | None], dict]
     #: One line for the console after evaluation.

@@ -5,7 +5,8 @@ from __future__ import annotations
 from tuneforge.tasks.base import TaskSpec, label_maps
 
 
-def encode(records: list[dict], tokenizer, max_length: int, names: list[str] | None):
+def encode(records: list[dict], tokenizer, recipe, names: list[str] | None):
+    max_length = recipe.model.max_length
     from tuneforge.data.batching import Encoded
     from tuneforge.data.token_labels import encode_tagged
 

@@ -152,9 +152,8 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
     resolved = resolve_model(recipe.model.name, allow_pickle=recipe.model.allow_pickle)
     set_seed(recipe.seed)
     tokenizer = load_tokenizer(resolved, recipe.model.trust_remote_code)
-    section = recipe.data.model_dump(mode="json")
-    train_enc = encode_cached(tokenizer, data, "train", recipe.model.max_length, section, spec)
-    val_enc = encode_cached(tokenizer, data, "validation", recipe.model.max_length, section, spec)
+    train_enc = encode_cached(tokenizer, data, "train", recipe, spec)
+    val_enc = encode_cached(tokenizer, data, "validation", recipe, spec)
     model, params = build_model(recipe, resolved, spec, data.label_names, tokenizer.pad_token_id, tokenizer)
     say(f"model: {recipe.model.name} ({resolved.source}: {resolved.path}); method {recipe.method}; {params}")
 
