@@ -113,7 +113,7 @@ LabelChecker = ClassLabels | ValueLabels | TagLabels
 
 def label_checker(mode: str | None, names: list[str] | None) -> LabelChecker | None:
     """The checker for a task's label mode ("class", "value", "tags"), or None for unlabelled data."""
-    if mode is None:
+    if mode is None or mode == "none":
         return None
     if mode == "class":
         return ClassLabels(names)

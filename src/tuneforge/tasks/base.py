@@ -10,8 +10,9 @@ from typing import Any, Literal
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
-    #: What the data stage checks and canonicalises: class names, real values, word tags.
-    labels: Literal["class", "value", "tags"]
+    #: What the data stage checks and canonicalises: class names, real values, word tags; "none" for
+    #: tasks whose targets are text (chat replies, translations, answers), checked by their sources.
+    labels: Literal["class", "value", "tags", "none"]
     #: ``Encoded.label_kind`` of the encoded examples (decides padding and the loss).
     label_kind: str
     #: The transformers Auto class that loads the head (training) and the export (users).
@@ -27,6 +28,9 @@ class TaskSpec:
     metrics: Callable[[Any, list[dict], Any, list[str] | None], dict]
     #: One line for the console after evaluation.
     summary: Callable[[dict], str]
+    #: Optional ``generate_metrics(model, tokenizer, records, recipe) -> dict``: metrics that need the model
+    #: to generate text (BLEU, final-answer accuracy). Called by run.py after ``metrics``.
+    generate_metrics: Callable[[Any, Any, list[dict], Any], dict] | None = None
 
 
 def label_maps(names: list[str]) -> dict:

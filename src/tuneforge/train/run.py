@@ -194,6 +194,8 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
                         rank=accelerator.process_index, world_size=accelerator.num_processes, gather=gather_object)
         out = spec.metrics(preds, data.records["validation"], val_enc, data.label_names)
         out["loss"] = preds.loss
+        if spec.generate_metrics is not None:
+            out.update(_generate_metrics(spec, accelerator.unwrap_model(m), tokenizer, data, recipe, accelerator))
         return out
 
     start = time.perf_counter()
@@ -236,6 +238,8 @@ def _finish(recipe, spec, base, tokenizer, val_enc, data, ckpt_dir, metrics_file
                     precision="fp32")
     metrics = spec.metrics(preds, data.records["validation"], val_enc, data.label_names)
     metrics["loss"] = preds.loss
+    if spec.generate_metrics is not None:
+        metrics.update(spec.generate_metrics(base, tokenizer, data.records["validation"], recipe))
     metrics["step"] = best["step"] if best else result.global_step
     write_eval_report(metrics, run_dir / "eval", title=f"{recipe.name}: validation",
                       extra={"validation": data.validation_source, "checkpoint_step": metrics["step"],
@@ -262,6 +266,18 @@ def _finish(recipe, spec, base, tokenizer, val_enc, data, ckpt_dir, metrics_file
             f"{verification['max_abs_logit_diff']:.1e})" if verification else ""))
     (run_dir / "result.json").write_text(json.dumps(result.to_json(), indent=2))
     return result
+
+
+def _generate_metrics(spec, model, tokenizer, data, recipe, accelerator) -> dict:
+    """Generation metrics during training: computed on the main process, shared with the others so
+    every process takes the same checkpoint / early-stopping decision."""
+    from accelerate.utils import broadcast_object_list
+
+    result = [spec.generate_metrics(model, tokenizer, data.records["validation"], recipe)
+              if accelerator.is_main_process else None]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(result)
+    return result[0]
 
 
 def _truncate_metrics(metrics_file: Path, step: int) -> None:
