@@ -20,11 +20,14 @@ from tuneforge.data.augment import AugmentConfig
 from tuneforge.data.clean import CleanConfig
 from tuneforge.data.dedup import DecontaminateConfig, DedupConfig
 from tuneforge.data.formatting import ChatFormatConfig
+from tuneforge.data.qa import QAConfig
 from tuneforge.data.sources import SourceConfig, SourceFormat
 from tuneforge.data.split import SplitConfig
 from tuneforge.models.methods import (METHOD_SECTIONS, AdapterConfig, IA3Config, LoraConfig, MethodName,
                                       PrefixTuningConfig, PromptTuningConfig)
 from tuneforge.sections import Section
+from tuneforge.tasks.causal_lm import CausalLMConfig
+from tuneforge.tasks.seq2seq import Seq2SeqConfig
 
 # Per task: the metrics a run can select its best checkpoint / stop early on, and whether bigger is
 # better; the first one is the default. Kept here (not in tuneforge.evaluate) so validating a recipe
@@ -36,6 +39,10 @@ TASK_METRICS: dict[str, dict[str, str]] = {
                    "loss": "min"},
     "token_classification": {"entity_f1": "max", "entity_precision": "max", "entity_recall": "max",
                              "token_accuracy": "max", "loss": "min"},
+    "causal_lm": {"loss": "min", "perplexity": "min", "final_number_accuracy": "max", "bleu": "max",
+                  "chrf": "max", "rougeL": "max"},
+    "extractive_qa": {"f1": "max", "exact_match": "max", "loss": "min"},
+    "seq2seq": {"bleu": "max", "chrf": "max", "rougeL": "max", "rouge1": "max", "rouge2": "max", "loss": "min"},
 }
 TASKS = tuple(TASK_METRICS)
 
@@ -213,9 +220,13 @@ class Recipe(Section):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name: runs/<name>/.")
     seed: int = Field(42, description="Seed for the split, initialisation, data order and dropout.")
     output_dir: Path = Field(Path("runs"), description="Parent folder of run directories.")
-    task: Literal["classification", "regression", "token_classification"] = Field(
+    task: Literal["classification", "regression", "token_classification", "causal_lm", "extractive_qa",
+                  "seq2seq"] = Field(
         "classification", description="Task head. classification: single-label sequence classification; "
-        "regression: one real value per text (MSE); token_classification: a tag per word (NER, IOB2)."
+        "regression: one real value per text (MSE); token_classification: a tag per word (NER, IOB2); "
+        "causal_lm: instruction/chat tuning of a decoder (loss on the replies); "
+        "extractive_qa: the answer span in a context (SQuAD; data.format squad); "
+        "seq2seq: translation or summarisation with an encoder-decoder (data.sources format parallel)."
     )
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection
@@ -232,6 +243,12 @@ class Recipe(Section):
         "none",
         description="Frozen weights for method full: none, embeddings, all_but_head, or {first_n_layers: N}.",
     )
+    causal_lm: CausalLMConfig = Field(default_factory=CausalLMConfig,
+                                      description="Settings of task causal_lm (generation-based evaluation).")
+    extractive_qa: QAConfig = Field(default_factory=QAConfig,
+                                    description="Settings of task extractive_qa (context windows, answer picking).")
+    seq2seq: Seq2SeqConfig = Field(default_factory=Seq2SeqConfig,
+                                   description="Settings of task seq2seq (source prefix, target length, generation).")
     train: TrainSection = Field(default_factory=TrainSection)
     export: ExportSection = Field(default_factory=ExportSection)
 
@@ -245,6 +262,20 @@ class Recipe(Section):
             raise ValueError(
                 f"train.metric_for_best: unknown metric {self.train.metric_for_best!r} for task {self.task}; "
                 f"allowed: {', '.join(allowed)}"
+            )
+        generated = {"final_number": {"final_number_accuracy"}, "text": {"bleu", "chrf", "rougeL"}}
+        if self.task == "causal_lm" and self.train.metric_for_best in {"final_number_accuracy", "bleu", "chrf",
+                                                                       "rougeL"}:
+            if self.train.metric_for_best not in generated.get(self.causal_lm.eval_metric, set()):
+                raise ValueError(f"train.metric_for_best: {self.train.metric_for_best} needs causal_lm.eval_metric "
+                                 f"{'final_number' if self.train.metric_for_best == 'final_number_accuracy' else 'text'}"
+                                 f" (now {self.causal_lm.eval_metric})")
+        if self.task == "extractive_qa" and 2 * self.extractive_qa.doc_stride > self.model.max_length:
+            # Each window holds the whole question and more than doc_stride context tokens; half the
+            # window for the overlap leaves the other half for the question and new context.
+            raise ValueError(
+                f"extractive_qa.doc_stride: {self.extractive_qa.doc_stride} is more than half of model.max_length "
+                f"({self.model.max_length}); lower doc_stride or raise max_length (e.g. 128 with max_length 384)"
             )
         used = METHOD_SECTIONS.get(self.method, (None,))[0]
         for section in sorted({key for key, _ in METHOD_SECTIONS.values()} & self.model_fields_set - {used}):

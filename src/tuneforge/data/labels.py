@@ -108,11 +108,31 @@ class TagLabels:
         return self.names
 
 
-LabelChecker = ClassLabels | ValueLabels | TagLabels
+class QALabels:
+    """Extractive-QA answers: every answer text must lie at its ``answer_start`` in the context.
+
+    ``read_squad`` already checks the rows it reads; this checks ``qa`` rows whatever source built
+    them (and validation files too). The question's length in model tokens cannot be checked here
+    (there is no tokenizer before the model is resolved); the extractive_qa task's ``encode`` does it.
+    """
+
+    kind = "qa"
+
+    def check(self, row: Row) -> Row | str:
+        from tuneforge.data.qa import check_qa_row
+
+        problem = check_qa_row(row.data)
+        return row if problem is None else problem
+
+    def finish(self) -> None:
+        return None
+
+
+LabelChecker = ClassLabels | ValueLabels | TagLabels | QALabels
 
 
 def label_checker(mode: str | None, names: list[str] | None) -> LabelChecker | None:
-    """The checker for a task's label mode ("class", "value", "tags"), or None for unlabelled data."""
+    """The checker for a task's label mode ("class", "value", "tags", "qa"), or None for unlabelled data."""
     if mode is None or mode == "none":
         return None
     if mode == "class":
@@ -121,4 +141,6 @@ def label_checker(mode: str | None, names: list[str] | None) -> LabelChecker | N
         return ValueLabels()
     if mode == "tags":
         return TagLabels(names)
+    if mode == "qa":
+        return QALabels()
     raise ValueError(f"unknown label mode {mode!r}")

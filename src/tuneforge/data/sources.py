@@ -15,12 +15,15 @@ text (one row per line, or per file)           ``text`` rows without label
 text_files (a folder or glob; one row a file)  ``text`` rows without label
 conll                                          ``tokens`` rows (one per sentence)
 parallel (``path`` + ``target_path``)          ``pair`` rows
+squad (SQuAD v1.1 JSON)                        ``qa`` rows (one per question)
 =============================================  =========================================
 
 ``format: auto`` picks, in order: ``parallel`` when ``target_path`` is set; ``text_files`` for a
 glob; for a directory ``datasets`` when it was written by ``save_to_disk``, else ``text_files``;
 ``conll`` for ``.conll``/``.iob``/``.iob2``/``.bio`` (also as in ``train.iob2.txt``); ``text`` for
-``.txt``; else the table format named by the suffix. Record formats are then told apart by the
+``.txt``; ``squad`` for a ``.json`` file that opens like SQuAD (an object whose ``"data"`` list
+holds articles with ``"paragraphs"``: a records ``.json`` is an array, so the two cannot be
+confused); else the table format named by the suffix. Record formats are then told apart by the
 *first record*: if it has ``text_column`` the rows are text; otherwise ``messages`` means OpenAI
 messages, ``conversations`` ShareGPT, and ``instruction`` + ``output`` Alpaca; anything else is a
 ``DataError`` that lists the columns found. Naming a chat format explicitly skips the guess.
@@ -45,6 +48,7 @@ from pydantic import Field, model_validator
 
 from tuneforge.data import conversations, text_formats
 from tuneforge.data.conversations import DEFAULT_ROLE_MAP, InvalidConversation, json_type
+from tuneforge.data.qa import read_squad
 from tuneforge.data.readers import Triple, read_records
 from tuneforge.data.records import Row, content_key
 from tuneforge.data.rejects import RejectedRow
@@ -54,7 +58,7 @@ from tuneforge.sections import Section
 
 SourceFormat = Literal[
     "auto", "csv", "tsv", "jsonl", "json", "parquet", "text", "text_files", "datasets",
-    "conll", "parallel", "alpaca", "sharegpt", "messages",
+    "conll", "parallel", "alpaca", "sharegpt", "messages", "squad",
 ]  # fmt: skip
 FORMATS: tuple[str, ...] = get_args(SourceFormat)
 RECORD_FORMATS = ("csv", "tsv", "jsonl", "json", "parquet", "datasets")
@@ -66,7 +70,7 @@ CONLL_SUFFIXES = (".conll", ".iob", ".iob2", ".bio")
 _APPLIES_TO: dict[str, tuple[str, ...]] = {
     "text_column": RECORD_FORMATS,
     "label_column": RECORD_FORMATS,
-    "group_column": RECORD_FORMATS + CHAT_FORMATS,
+    "group_column": RECORD_FORMATS + CHAT_FORMATS + ("squad",),
     "target_path": ("parallel",),
     "conll_token_column": ("conll",),
     "conll_tag_column": ("conll",),
@@ -76,6 +80,13 @@ _APPLIES_TO: dict[str, tuple[str, ...]] = {
 }
 _GLOB = re.compile(r"[*?\[]")
 _DATASET_MARKERS = ("state.json", "dataset_dict.json")
+# How a SQuAD file opens: {"version": ..., "data": [{"title": ..., "paragraphs": [...
+# Every SQuAD release puts "paragraphs" within the first article's first few keys.
+_SQUAD_OPENING = re.compile(r'^\s*\{.*?"data"\s*:\s*\[\s*\{.*?"paragraphs"\s*:', re.DOTALL)
+_SQUAD_SNIFF_BYTES = 8192
+#: The one group_column a squad source takes: the paragraph, so that no context is both trained on
+#: and asked about in validation (SQuAD rows have no other columns to group by).
+SQUAD_GROUP = "context"
 
 
 class SourceConfig(Section):
@@ -104,7 +115,8 @@ class SourceConfig(Section):
     )
     group_column: str | None = Field(
         None,
-        description="Record column copied to the row's group: rows sharing a group stay in the same split.",
+        description="Record column copied to the row's group: rows sharing a group stay in the same split. "
+        "squad only takes 'context': every question on one paragraph stays in one split.",
     )
     target_path: Path | None = Field(
         None, description="parallel only: the target-language file, line-aligned with path."
@@ -143,6 +155,8 @@ class SourceConfig(Section):
             problem = inapplicable_fields(self, self.format)
             if problem:
                 raise ValueError(problem)
+        if self.format == "squad" and _squad_group_problem(self.group_column):
+            raise ValueError(_squad_group_problem(self.group_column))
         if self.conll_token_column == self.conll_tag_column:
             raise ValueError("conll_token_column and conll_tag_column must differ")
         if self.label_column is not None and self.label_column == self.text_column:
@@ -150,6 +164,13 @@ class SourceConfig(Section):
         if "assistant" not in self.role_map.values():
             raise ValueError("role_map maps no role to 'assistant': every chat row would be rejected")
         return self
+
+
+def _squad_group_problem(group_column: str | None) -> str | None:
+    if group_column is None or group_column == SQUAD_GROUP:
+        return None
+    return (f"format 'squad' groups only by paragraph: group_column must be '{SQUAD_GROUP}' or null, "
+            f"got '{group_column}'")
 
 
 def source_name(cfg: SourceConfig) -> str:
@@ -195,6 +216,8 @@ def resolve_format(cfg: SourceConfig, path: Path) -> str:
         return "conll"
     if suffix == ".txt":
         return "text"
+    if suffix == ".json" and _opens_like_squad(path):
+        return "squad"
     if suffix.lstrip(".") in RECORD_FORMATS:
         return suffix.lstrip(".")
     shown = f"suffix '{suffix}'" if suffix else "no suffix"
@@ -206,6 +229,17 @@ def resolve_format(cfg: SourceConfig, path: Path) -> str:
 def _is_glob(path: Path) -> bool:
     # An existing file named like "data[1].csv" is a file, not a pattern.
     return not path.exists() and _GLOB.search(str(path)) is not None
+
+
+def _opens_like_squad(path: Path) -> bool:
+    """Whether the first bytes of ``path`` read like a SQuAD file (see ``_SQUAD_OPENING``)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_SQUAD_SNIFF_BYTES)
+    except OSError:
+        return False  # a missing or unreadable file fails later, with the reader's message
+    # "replace": the sniffed bytes may end inside a multi-byte character.
+    return _SQUAD_OPENING.match(head.decode("utf-8-sig", "replace")) is not None
 
 
 def _is_saved_dataset(path: Path) -> bool:
@@ -254,6 +288,8 @@ def _open_source(cfg: SourceConfig, fmt: str, path: Path, base_dir: Path | None)
         return text_formats.read_text_files(path, name)
     if fmt == "conll":
         return text_formats.read_conll(path, name, cfg.conll_token_column, cfg.conll_tag_column)
+    if fmt == "squad":
+        return _squad_items(path, name, cfg.group_column)
     if fmt == "parallel":
         assert cfg.target_path is not None  # resolve_format only picks parallel with a target
         target = resolve_path(cfg.target_path, base_dir)
@@ -262,6 +298,28 @@ def _open_source(cfg: SourceConfig, fmt: str, path: Path, base_dir: Path | None)
         container = _record_container(path, fmt)
         return _record_items(cfg, path, _records(path, container, cfg.split), name, chat_format=fmt)
     return _record_items(cfg, path, _records(path, fmt, cfg.split), name, chat_format=None)
+
+
+def _squad_items(path: Path, name: str, group_column: str | None) -> Iterator[Item]:
+    """``read_squad``'s rows, with the paragraph as group when ``group_column`` asks for it.
+
+    The group is a digest of the context, not the context itself: it is copied into every prepared
+    row, and a paragraph is hundreds of characters repeated for each of its questions.
+    """
+    problem = _squad_group_problem(group_column)
+    if problem:  # format auto resolved to squad, so the config validator could not see it
+        raise DataError(f"{path}: {problem}")
+    items = read_squad(path, name)  # checks the layout now, before the first next()
+    if group_column is None:
+        return items
+    return (_with_paragraph_group(item) for item in items)
+
+
+def _with_paragraph_group(item: Item) -> Item:
+    if isinstance(item, RejectedRow):
+        return item
+    digest = hashlib.blake2b(item.data["context"].encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+    return replace(item, data={**item.data, "group": f"paragraph-{digest}"})
 
 
 def _first_rows(items: Iterator[Item], limit: int) -> Iterator[Item]:

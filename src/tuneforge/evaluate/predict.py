@@ -10,7 +10,9 @@ from tuneforge.data.batching import Encoded, collate, shard, sorted_batches
 
 @dataclass
 class Predictions:
-    outputs: list  # per example, input order: fp32 logits ([C] per example, or [tokens, C] trimmed to its length)
+    #: per example, input order, fp32: logits [C] per example, or [tokens, C] trimmed to its length; for
+    #: generative kinds (causal, target) [tokens, 2] = (top logit, its token id)
+    outputs: list
     loss: float  # summed loss / summed example weights (mean per example, or per trained token)
 
     @property
@@ -63,18 +65,26 @@ def predict(model, encoded: Encoded, *, batch_size: int, pad_id: int, device=Non
 
 def _per_example(out, encoded: Encoded, indices: list[int]) -> list:
     """Split a batch's outputs into per-example fp32 CPU tensors, padding removed."""
-    if encoded.label_kind == "span":
-        import torch
+    import torch
 
+    if encoded.label_kind == "span":
         both = torch.stack([out.start_logits.float(), out.end_logits.float()], dim=-1).cpu()  # [n, len, 2]
         return [both[k, : len(encoded.input_ids[i])] for k, i in enumerate(indices)]
+    if encoded.label_kind in ("causal", "target"):
+        # A vocabulary-wide row per token for a whole validation set is gigabytes; keep what evaluation
+        # and export verification use: the top logit and its token id, as [len, 2].
+        top = out.logits.float().max(dim=-1)
+        both = torch.stack([top.values, top.indices.float()], dim=-1).cpu()
+        if encoded.label_kind == "causal":
+            width = max(len(encoded.input_ids[i]) for i in indices)
+            both = both[:, -width:]
+            return [both[k, : len(encoded.input_ids[i])] for k, i in enumerate(indices)]
+        return [both[k, : len(encoded.labels[i])] for k, i in enumerate(indices)]
     logits = out.logits.float().cpu()
-    if encoded.label_kind in ("tokens", "causal"):
+    if encoded.label_kind == "tokens":
         width = max(len(encoded.input_ids[i]) for i in indices)
         logits = logits[:, -width:]  # prompt/prefix methods prepend virtual positions
         return [logits[k, : len(encoded.input_ids[i])] for k, i in enumerate(indices)]
-    if encoded.label_kind == "target":
-        return [logits[k, : len(encoded.labels[i])] for k, i in enumerate(indices)]
     return list(logits)
 
 

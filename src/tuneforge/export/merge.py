@@ -67,8 +67,15 @@ def verify_export(export_dir: Path, reference_outputs: list, encoded, *, pad_id:
     if got:
         new = torch.cat([g.reshape(-1, g.size(-1)) for g in got])
         ref = torch.cat([r.reshape(-1, r.size(-1)) for r in reference_outputs])
-        agree = (new.argmax(-1) == ref.argmax(-1)).float().mean().item()
-        max_diff = (new - ref).abs().max().item()
+        if encoded.label_kind in ("causal", "target"):  # outputs are (top logit, top token id) per token
+            agree = (new[:, 1] == ref[:, 1]).float().mean().item()
+            max_diff = (new[:, 0] - ref[:, 0]).abs().max().item()
+        elif encoded.label_kind == "span":  # [len, 2] start/end logits: the same best start and end per window
+            agree = sum(bool((g.argmax(0) == r.argmax(0)).all()) for g, r in zip(got, reference_outputs)) / len(got)
+            max_diff = (new - ref).abs().max().item()
+        else:
+            agree = (new.argmax(-1) == ref.argmax(-1)).float().mean().item()
+            max_diff = (new - ref).abs().max().item()
     else:
         agree, max_diff = 1.0, 0.0
     report = {"examples": len(encoded), "reloaded_with": reloaded_with, "export": how,

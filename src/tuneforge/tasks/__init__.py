@@ -16,6 +16,12 @@ def get_task(name: str) -> TaskSpec:
         from tuneforge.tasks.regression import SPEC
     elif name == "token_classification":
         from tuneforge.tasks.token_classification import SPEC
+    elif name == "causal_lm":
+        from tuneforge.tasks.causal_lm import SPEC
+    elif name == "seq2seq":
+        from tuneforge.tasks.seq2seq import SPEC
+    elif name == "extractive_qa":
+        from tuneforge.tasks.extractive_qa import SPEC
     else:
         raise ValueError(f"unknown task {name!r}")
     return SPEC

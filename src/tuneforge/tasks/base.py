@@ -10,9 +10,10 @@ from typing import Any, Literal
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
-    #: What the data stage checks and canonicalises: class names, real values, word tags; "none" for
-    #: tasks whose targets are text (chat replies, translations, answers), checked by their sources.
-    labels: Literal["class", "value", "tags", "none"]
+    #: What the data stage checks and canonicalises: class names, real values, word tags, QA answer
+    #: spans ("qa"); "none" for tasks whose targets are text (chat replies, translations), checked by
+    #: their sources.
+    labels: Literal["class", "value", "tags", "qa", "none"]
     #: ``Encoded.label_kind`` of the encoded examples (decides padding and the loss).
     label_kind: str
     #: The transformers Auto class that loads the head (training) and the export (users).

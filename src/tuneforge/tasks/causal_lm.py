@@ -1,0 +1,115 @@
+"""Causal-LM instruction / chat tuning: loss on the assistant replies only; generation-based evaluation.
+
+Rows are chat rows (Alpaca, ShareGPT, OpenAI messages) or plain text / pairs, formatted by
+``tuneforge.data.formatting`` with the recipe's ``data.formatting`` (template, ``train_on``,
+``max_length``): prompt tokens get label -100 so the model is trained to answer, not to repeat the
+question. Every evaluation reports the validation loss and perplexity; with ``causal_lm.eval_metric``
+it also generates the last assistant turn of up to ``causal_lm.eval_examples`` validation
+conversations and scores them (GSM8K-style final-number accuracy, or BLEU/chrF/ROUGE).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Literal
+
+from pydantic import Field
+
+from tuneforge.errors import DataError
+from tuneforge.models.generation import GenerationConfig
+from tuneforge.sections import Section
+from tuneforge.tasks.base import TaskSpec
+
+
+class CausalLMConfig(Section):
+    eval_metric: Literal["none", "final_number", "text"] = Field(
+        "none", description="Generation metric at each evaluation: final_number = accuracy of the final number "
+        "of the reply (GSM8K's scoring); text = BLEU, chrF and ROUGE against the reference reply; none = only "
+        "loss and perplexity (fast)."
+    )
+    eval_examples: int = Field(100, ge=1, description="Validation conversations generated per evaluation.")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig,
+                                         description="Decoding for evaluation (greedy by default).")
+
+
+def _template(tokenizer, recipe, rows) -> str | None:
+    from tuneforge.data.templates import resolve_template
+
+    if any(r.kind == "chat" for r in rows):
+        return resolve_template(tokenizer, recipe.data.formatting.template)
+    return None
+
+
+def _format_config(recipe):
+    fmt = recipe.data.formatting
+    # The model section's max_length caps every task's inputs; formatting may only be stricter.
+    limit = min(fmt.max_length or recipe.model.max_length, recipe.model.max_length)
+    return fmt.model_copy(update={"max_length": limit})
+
+
+def encode(records: list[dict], tokenizer, recipe, names: list[str] | None):
+    from tuneforge.data.batching import Encoded
+    from tuneforge.data.formatting import format_row
+    from tuneforge.data.pipeline import row_from_output
+    from tuneforge.data.rejects import RejectedRow
+
+    rows = [row_from_output(dict(r)) for r in records]
+    template, fmt = _template(tokenizer, recipe, rows), _format_config(recipe)
+    ids, labels, rejected = [], [], []
+    for row in rows:
+        out = format_row(row, tokenizer, fmt, template=template)
+        if isinstance(out, RejectedRow):
+            rejected.append(out)
+            continue
+        ids.append(out.input_ids)
+        labels.append(out.labels)
+    if rejected and len(rejected) > recipe.data.max_rejected_fraction * len(rows):
+        first = rejected[0]
+        raise DataError(f"{len(rejected)} of {len(rows)} rows cannot be trained on after formatting (more than "
+                        f"data.max_rejected_fraction); first: {first.file}:{first.line}: {first.reason}")
+    return Encoded(input_ids=ids, labels=labels, label_kind="causal")
+
+
+def metrics(preds, records: list[dict], encoded, names: list[str] | None) -> dict:
+    return {"perplexity": math.exp(min(preds.loss, 50.0))}
+
+
+def generate_metrics(model, tokenizer, records: list[dict], recipe) -> dict:
+    """Generate the last assistant turn of validation conversations and score it."""
+    from tuneforge.evaluate.task_metrics import final_number_accuracy, generation_metrics
+    from tuneforge.models.generation import generate_from_messages
+
+    cfg = recipe.causal_lm
+    if cfg.eval_metric == "none":
+        return {}
+    prompts, references = [], []
+    for record in records:
+        messages = record.get("messages")
+        if not messages or messages[-1]["role"] != "assistant":
+            continue
+        prompts.append(messages[:-1])
+        references.append(messages[-1]["content"])
+        if len(prompts) >= cfg.eval_examples:
+            break
+    if not prompts:
+        return {}
+    tok = copy.copy(tokenizer)  # generation must use the template training used, without touching the caller's
+    tok.chat_template = _template(tokenizer, recipe, [_ChatRow()])
+    predictions = generate_from_messages(model, tok, prompts, cfg.generation)
+    if cfg.eval_metric == "final_number":
+        return final_number_accuracy(predictions, references)
+    return generation_metrics(predictions, references)
+
+
+class _ChatRow:
+    kind = "chat"
+
+
+SPEC = TaskSpec(
+    name="causal_lm", labels="none", label_kind="causal", auto_class="AutoModelForCausalLM",
+    peft_task_type="CAUSAL_LM", head_kwargs=lambda names: {}, encode=encode, metrics=metrics,
+    summary=lambda m: f"loss {m['loss']:.4f}, perplexity {m['perplexity']:.2f}" + "".join(
+        f", {k} {m[k]:.2f}" for k in ("final_number_accuracy", "bleu", "rougeL") if k in m),
+    generate_metrics=generate_metrics,
+)

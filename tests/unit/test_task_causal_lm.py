@@ -1,0 +1,83 @@
+"""causal_lm instruction tuning end to end on a tiny random Llama: the loss (on replies only) falls,
+generation-based evaluation runs, and the export reloads to the same predictions."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+
+import pytest
+
+from tuneforge.train.run import train
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tmp_path_factory):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.conftest import minilm_dir
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                         pad_token_id=0, bos_token_id=101, eos_token_id=102, tie_word_embeddings=True,
+                         # wider init: at 0.02 a random 32-wide model's logits are so flat that LoRA's
+                         # low-rank updates barely move the loss in a few dozen steps
+                         initializer_range=0.2)
+    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (minilm_dir() / name).exists():
+            shutil.copy(minilm_dir() / name, out / name)
+    return out
+
+
+def _alpaca(path, n, rng):
+    rows = []
+    for _ in range(n):
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        rows.append({"instruction": f"add {a} and {b}", "input": "", "output": f"the answer is {a + b}"})
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    return path
+
+
+def _recipe(make_recipe, model_dir, train_file, dev_file, *overrides):
+    from tuneforge.config_io import apply_overrides
+    from tuneforge.recipe import Recipe
+
+    d = make_recipe().model_dump(mode="json", exclude={"lora", "ia3", "prefix", "prompt", "adapter", "causal_lm"})
+    d.update(task="causal_lm", model={"name": str(model_dir), "max_length": 64})
+    d["train"].update(metric_for_best=None, epochs=8, learning_rate=3e-3)
+    d["export"]["enabled"] = True
+    d["data"] = {"train_file": str(train_file), "validation_file": str(dev_file), "format": "alpaca",
+                 "formatting": {"template": "chatml"}, "dedup": {"exact": False, "near": False},
+                 "decontaminate": {"enabled": False}}
+    d["causal_lm"] = {"eval_metric": "final_number", "eval_examples": 8, "generation": {"max_new_tokens": 6}}
+    return Recipe.model_validate(apply_overrides(d, list(overrides)))
+
+
+@pytest.mark.parametrize("method,lr", [("full", "3e-3"), ("lora", "3e-2")])
+def test_instruction_tuning_loss_falls_and_export_verifies(method, lr, tmp_path, make_recipe, tiny_llama_dir):
+    rng = random.Random(0)
+    tr, dev = _alpaca(tmp_path / "tr.json", 96, rng), _alpaca(tmp_path / "dev.json", 16, rng)
+    result = train(_recipe(make_recipe, tiny_llama_dir, tr, dev, f"method={method}", f"train.learning_rate={lr}"))
+    losses = [json.loads(line)["loss"] for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["kind"] == "train"]
+    assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3, losses
+    assert {"loss", "perplexity", "final_number_accuracy", "answered"} <= set(result.metrics)
+    assert result.verification["passed"]
+    assert result.verification["reloaded_with"] == "transformers.AutoModelForCausalLM"
+
+
+def test_chat_record_without_assistant_turn_is_rejected(tmp_path, make_recipe, tiny_llama_dir):
+    rng = random.Random(1)
+    tr, dev = _alpaca(tmp_path / "tr.json", 96, rng), _alpaca(tmp_path / "dev.json", 16, rng)
+    rows = json.loads(tr.read_text())
+    rows.append({"instruction": "add 1 and 1", "input": "", "output": ""})
+    tr.write_text(json.dumps(rows))
+    result = train(_recipe(make_recipe, tiny_llama_dir, tr, dev, "train.max_steps=1", "export.enabled=false",
+                           "data.max_rejected_fraction=0.05"))
+    [row] = [json.loads(line) for line in (result.run_dir / "data" / "rejected.jsonl").read_text().splitlines()]
+    assert (row["stage"], row["reason"]) == ("read", "field 'output' is empty")
