@@ -55,6 +55,10 @@ import time
 from contextlib import redirect_stdout
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tuneforge.recipe import Recipe
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_TSV = REPO / "data" / "sst2" / "train.tsv"
@@ -80,7 +84,7 @@ LEARNING_RATES: dict[str, float] = {
 
 
 # ------------------------------------------------------------------------------------------- recipe
-def build_recipe(method: str, lr: float, steps: int, batch_size: int, seed: int, run_root: Path):
+def build_recipe(method: str, lr: float, steps: int, batch_size: int, seed: int, run_root: Path) -> Recipe:
     """The benchmark recipe for one method: everything but ``method`` and ``lr`` is the same for all."""
     from tuneforge.recipe import Recipe
 
@@ -100,7 +104,7 @@ def build_recipe(method: str, lr: float, steps: int, batch_size: int, seed: int,
     })
 
 
-def method_settings(recipe) -> str:
+def method_settings(recipe: Recipe) -> str:
     """The method's own settings, in a few words, for the table."""
     method = recipe.method
     if method in ("full", "head_only"):

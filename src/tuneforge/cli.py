@@ -85,7 +85,9 @@ def _train_command(recipe: Path, overrides, resume: bool, overwrite: bool, expor
                   f"tuneforge {'run' if export else 'train'} {recipe} --resume")
             return
         if result.metrics:
-            print(f"dev accuracy: {result.metrics['accuracy']:.4f}")
+            from tuneforge.tasks import get_task
+
+            print(f"validation: {get_task(cfg.task).summary(result.metrics)}")
         if result.export_dir:
             print(f"exported model: {result.export_dir}")
         print(f"run directory: {result.run_dir}")

@@ -45,6 +45,8 @@ TASK_METRICS: dict[str, dict[str, str]] = {
     "seq2seq": {"bleu": "max", "chrf": "max", "rougeL": "max", "rouge1": "max", "rouge2": "max", "loss": "min"},
 }
 TASKS = tuple(TASK_METRICS)
+#: Recipe sections holding one task's own settings, named like the task.
+TASK_SECTIONS = ("causal_lm", "extractive_qa", "seq2seq")
 
 
 class ModelSection(Section):
@@ -277,6 +279,9 @@ class Recipe(Section):
                 f"extractive_qa.doc_stride: {self.extractive_qa.doc_stride} is more than half of model.max_length "
                 f"({self.model.max_length}); lower doc_stride or raise max_length (e.g. 128 with max_length 384)"
             )
+        for section in sorted(set(TASK_SECTIONS) & self.model_fields_set - {self.task}):
+            raise ValueError(f"{section}: settings given but task is '{self.task}'; set task: {section} or "
+                             f"remove the {section} section")
         used = METHOD_SECTIONS.get(self.method, (None,))[0]
         for section in sorted({key for key, _ in METHOD_SECTIONS.values()} & self.model_fields_set - {used}):
             users = [m for m, (key, _) in METHOD_SECTIONS.items() if key == section]
@@ -306,6 +311,8 @@ def resolved_dict(recipe: Recipe) -> dict:
     """The recipe with every default filled in, minus sections that do not apply (method sections other
     than the recipe's method, a split fraction next to the file it would replace), so the result validates again."""
     data = recipe.model_dump(mode="json")
+    for section in set(TASK_SECTIONS) - {recipe.task}:
+        data.pop(section)
     used = METHOD_SECTIONS.get(recipe.method, (None,))[0]
     for section in {key for key, _ in METHOD_SECTIONS.values()} - {used}:
         data.pop(section)

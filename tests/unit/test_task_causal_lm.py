@@ -45,9 +45,9 @@ def _alpaca(path, n, rng):
 
 def _recipe(make_recipe, model_dir, train_file, dev_file, *overrides):
     from tuneforge.config_io import apply_overrides
-    from tuneforge.recipe import Recipe
+    from tuneforge.recipe import Recipe, resolved_dict
 
-    d = make_recipe().model_dump(mode="json", exclude={"lora", "ia3", "prefix", "prompt", "adapter", "causal_lm"})
+    d = resolved_dict(make_recipe())
     d.update(task="causal_lm", model={"name": str(model_dir), "max_length": 64})
     d["train"].update(metric_for_best=None, epochs=8, learning_rate=3e-3)
     d["export"]["enabled"] = True

@@ -247,9 +247,9 @@ def test_windows_come_back_from_the_token_cache_unchanged(tmp_path, tokenizer, m
 
 def _recipe(make_recipe, train_file, dev_file, *extra):
     from tuneforge.config_io import apply_overrides
-    from tuneforge.recipe import Recipe
+    from tuneforge.recipe import Recipe, resolved_dict
 
-    d = make_recipe().model_dump(mode="json", exclude={"lora", "ia3", "prefix", "prompt", "adapter"})
+    d = resolved_dict(make_recipe())
     d.update(task="extractive_qa", model={**d["model"], "max_length": 64}, extractive_qa={"doc_stride": 16})
     d["train"].update(metric_for_best=None, epochs=4, eval_every_steps=10)
     d["export"]["enabled"] = True

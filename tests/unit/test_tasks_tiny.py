@@ -39,9 +39,9 @@ def _regression(path, n, rng):
 def _recipe(make_recipe, task, train_file, dev_file, *extra, data=None):
     """The tiny-model recipe with this task's data section (no inherited column keys: CoNLL has none)."""
     from tuneforge.config_io import apply_overrides
-    from tuneforge.recipe import Recipe
+    from tuneforge.recipe import Recipe, resolved_dict
 
-    d = make_recipe().model_dump(mode="json", exclude={"lora", "ia3", "prefix", "prompt", "adapter"})
+    d = resolved_dict(make_recipe())
     d["task"] = task
     d["train"]["metric_for_best"] = None  # the task's default
     d["export"]["enabled"] = True

@@ -47,6 +47,7 @@ METRIC_DIRECTIONS: dict[str, str] = {
     # final-number answers, GSM8K style (tuneforge.evaluate.final_number_metrics)
     "final_number_accuracy": "max",
     "answered": "max",
+    "perplexity": "min",
 }
 
 
