@@ -9,20 +9,25 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS_MD = ROOT / "docs" / "benchmarks.md"
 
 
-def write_section(name: str, section_lines: list[str], report: dict) -> None:
-    """Replace (or append) the ``<!-- name:start -->``...``<!-- name:end -->`` block of
-    docs/benchmarks.md with ``section_lines`` and write ``report`` to docs/bench/<name>.json."""
+def replace_section(path: Path, name: str, section_lines: list[str], title: str = "# Benchmarks") -> None:
+    """Replace (or append) the ``<!-- name:start -->``...``<!-- name:end -->`` block of ``path``; the
+    hand-written text around the markers is kept."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     section = "\n".join([start, *section_lines, end])
-    text = DOCS_MD.read_text() if DOCS_MD.exists() else "# Benchmarks\n"
+    text = path.read_text() if path.exists() else title + "\n"
     if start in text and end in text:
         head, rest = text.split(start, 1)
         _, tail = rest.split(end, 1)
         text = head + section + tail
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOCS_MD.parent.mkdir(parents=True, exist_ok=True)
-    DOCS_MD.write_text(text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def write_section(name: str, section_lines: list[str], report: dict) -> None:
+    """Replace the ``name`` block of docs/benchmarks.md and write ``report`` to docs/bench/<name>.json."""
+    replace_section(DOCS_MD, name, section_lines)
     out = ROOT / "docs" / "bench" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

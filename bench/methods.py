@@ -256,26 +256,10 @@ def render(report: dict) -> str:
     return "\n".join([*table(report["results"]), "", *(f"- {line}" for line in notes(report))])
 
 
-def replace_section(path: Path, name: str, section_lines: list[str]) -> None:
-    """Replace (or append) the ``<!-- name:start -->``...``<!-- name:end -->`` block of ``path``.
-
-    The same rule as ``bench/_docs.py``, for a file other than docs/benchmarks.md: the hand-written
-    text around the markers is kept."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    section = "\n".join([start, *section_lines, end])
-    text = path.read_text() if path.exists() else "# Training methods\n"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        _, tail = rest.split(end, 1)
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def write_docs(report: dict, md_path: Path = METHODS_MD, json_path: Path = METHODS_JSON) -> None:
     """Put the table in docs/methods.md (between the methods markers) and the raw numbers in JSON."""
+    from _docs import replace_section
+
     m = report["machine"]
     replace_section(md_path, SECTION, [
         f"Command: `{report['command']}`  ",
@@ -287,7 +271,7 @@ def write_docs(report: dict, md_path: Path = METHODS_MD, json_path: Path = METHO
         "",
         *(f"- {line}" for line in notes(report)),
         f"- raw numbers: `{json_path.relative_to(REPO) if json_path.is_relative_to(REPO) else json_path}`",
-    ])
+    ], title="# Training methods")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {md_path} and {json_path}")
