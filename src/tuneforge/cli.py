@@ -85,9 +85,9 @@ def _train_command(recipe: Path, overrides, resume: bool, overwrite: bool, expor
                   f"tuneforge {'run' if export else 'train'} {recipe} --resume")
             return
         if result.metrics:
-            from tuneforge.tasks import get_task
+            from tuneforge.tasks import spec_for
 
-            print(f"validation: {get_task(cfg.task).summary(result.metrics)}")
+            print(f"validation: {spec_for(cfg).summary(result.metrics)}")
         if result.export_dir:
             print(f"exported model: {result.export_dir}")
         print(f"run directory: {result.run_dir}")
@@ -123,9 +123,9 @@ def prepare(recipe: Path = typer.Argument(..., help="Recipe YAML file."), overri
         cfg = _load(recipe, overrides)
         out = cfg.run_dir / "data"
         with _row_counter("preparing data") as tick:
-            from tuneforge.tasks import get_task
+            from tuneforge.tasks import spec_for
 
-            prepared = prepare_dataset(cfg.data, seed=cfg.seed, out_dir=out, labels=get_task(cfg.task).labels,
+            prepared = prepare_dataset(cfg.data, seed=cfg.seed, out_dir=out, labels=spec_for(cfg).labels,
                                        progress=tick)
         _print_data_summary(prepared, out)
         if preview:

@@ -34,6 +34,7 @@ from tuneforge.tasks.seq2seq import Seq2SeqConfig
 # needs no scientific stack.
 TASK_METRICS: dict[str, dict[str, str]] = {
     "classification": {"accuracy": "max", "macro_f1": "max", "macro_precision": "max", "macro_recall": "max",
+                       "micro_f1": "max", "micro_precision": "max", "micro_recall": "max", "subset_accuracy": "max",
                        "loss": "min"},
     "regression": {"mse": "min", "rmse": "min", "mae": "min", "pearson": "max", "spearman": "max", "r2": "max",
                    "loss": "min"},
@@ -46,7 +47,9 @@ TASK_METRICS: dict[str, dict[str, str]] = {
 }
 TASKS = tuple(TASK_METRICS)
 #: Recipe sections holding one task's own settings, named like the task.
-TASK_SECTIONS = ("causal_lm", "extractive_qa", "seq2seq")
+TASK_SECTIONS = ("classification", "causal_lm", "extractive_qa", "seq2seq")
+_SINGLE_LABEL_ONLY = {"accuracy", "macro_precision", "macro_recall"}
+_MULTI_LABEL_ONLY = {"micro_f1", "micro_precision", "micro_recall", "subset_accuracy"}
 
 
 class ModelSection(Section):
@@ -92,6 +95,10 @@ class DataSection(Section):
         None,
         description="Class names in index order, e.g. [negative, positive]. Labels in the data may be these "
         "names or their integer indices. Default: inferred from the training rows.",
+    )
+    label_separator: str = Field(
+        ",", min_length=1, description="Multi-label classification: the separator of several labels written in "
+        "one string (a JSON list of labels needs none)."
     )
     sources: list[SourceConfig] = Field(
         default_factory=list,
@@ -156,6 +163,11 @@ class FirstNLayers(Section):
 
 
 FreezePolicy = Union[Literal["none", "embeddings", "all_but_head"], FirstNLayers]
+
+
+class ClassificationConfig(Section):
+    multi_label: bool = Field(False, description="Several labels per text (sigmoid per label, binary "
+                              "cross-entropy); per-label thresholds are tuned on the validation set.")
 
 
 class TrainSection(Section):
@@ -245,6 +257,8 @@ class Recipe(Section):
         "none",
         description="Frozen weights for method full: none, embeddings, all_but_head, or {first_n_layers: N}.",
     )
+    classification: ClassificationConfig = Field(default_factory=ClassificationConfig,
+                                                 description="Settings of task classification.")
     causal_lm: CausalLMConfig = Field(default_factory=CausalLMConfig,
                                       description="Settings of task causal_lm (generation-based evaluation).")
     extractive_qa: QAConfig = Field(default_factory=QAConfig,
@@ -256,10 +270,14 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _check(self) -> "Recipe":
-        allowed = TASK_METRICS[self.task]
+        allowed = dict(TASK_METRICS[self.task])
+        if self.task == "classification":
+            wrong = _SINGLE_LABEL_ONLY if self.classification.multi_label else _MULTI_LABEL_ONLY
+            allowed = {k: v for k, v in allowed.items() if k not in wrong}
         if self.train.metric_for_best is None:
             # the task's default, written into the resolved recipe so a run says what it selected on
-            self.train.metric_for_best = next(iter(allowed))
+            self.train.metric_for_best = "micro_f1" if (
+                self.task == "classification" and self.classification.multi_label) else next(iter(allowed))
         elif self.train.metric_for_best not in allowed:
             raise ValueError(
                 f"train.metric_for_best: unknown metric {self.train.metric_for_best!r} for task {self.task}; "

@@ -45,7 +45,7 @@ def test_unknown_key_names_key_and_allowed(tmp_path):
 
 
 def test_unknown_top_level_key(tmp_path):
-    with pytest.raises(RecipeError, match=r"epochs: unknown key; allowed keys here: adapter, causal_lm, data, export"):
+    with pytest.raises(RecipeError, match=r"epochs: unknown key; allowed keys here: adapter, causal_lm, classification, data, export"):
         load_recipe(write(tmp_path, BASE + "epochs: 3\n"))
 
 

@@ -48,6 +48,7 @@ def _recipe(make_recipe, model_dir, train_file, dev_file, *overrides):
     from tuneforge.recipe import Recipe, resolved_dict
 
     d = resolved_dict(make_recipe())
+    d.pop("classification")  # the base recipe's task section; these tests set their own task
     d.update(task="causal_lm", model={"name": str(model_dir), "max_length": 64})
     d["train"].update(metric_for_best=None, epochs=8, learning_rate=3e-3)
     d["export"]["enabled"] = True

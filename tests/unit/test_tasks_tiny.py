@@ -42,6 +42,7 @@ def _recipe(make_recipe, task, train_file, dev_file, *extra, data=None):
     from tuneforge.recipe import Recipe, resolved_dict
 
     d = resolved_dict(make_recipe())
+    d.pop("classification")  # the base recipe's task section; these tests set their own task
     d["task"] = task
     d["train"]["metric_for_best"] = None  # the task's default
     d["export"]["enabled"] = True
@@ -115,3 +116,46 @@ def test_every_method_trains_and_its_export_reloads_identically(method, make_rec
     expected = {"head_only": "plain", "dora": "merged", "ia3": "merged", "prefix": "peft_prompt",
                 "prompt": "peft_prompt", "adapter": "bottleneck_adapters"}[method]
     assert result.verification["export"] == expected
+
+
+TOPICS = {"sport": ["goal", "match", "team"], "music": ["song", "band", "album"], "food": ["pasta", "bread", "soup"]}
+
+
+def _multilabel(path, n, rng):
+    rows = []
+    for i in range(n):
+        labels = sorted(rng.sample(sorted(TOPICS), rng.randint(0, 2)))
+        words = [rng.choice(TOPICS[t]) for t in labels for _ in range(2)] + ["the", "news", "today"]
+        rng.shuffle(words)
+        label = labels if i % 2 or not labels else ";".join(labels)  # JSON lists and separated strings
+        rows.append({"text": " ".join(words), "label": label})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_multi_label_classification(tmp_path, make_recipe):
+    rng = random.Random(3)
+    tr, dev = _multilabel(tmp_path / "tr.jsonl", 96, rng), _multilabel(tmp_path / "dev.jsonl", 24, rng)
+    recipe = _recipe(make_recipe, "classification", tr, dev, "classification.multi_label=true",
+                     "train.epochs=15", data={"label_separator": ";"})
+    assert recipe.train.metric_for_best == "micro_f1"
+    result = train(recipe)
+    losses = _losses(result.run_dir)
+    assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3, losses
+    assert result.metrics["micro_f1"] >= 0.75, result.metrics  # predicting every label scores about 0.5
+    assert set(result.metrics["thresholds"]) == {"food", "music", "sport"}
+    config = json.loads((result.export_dir / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification"
+    assert result.verification["passed"]
+
+
+def test_multi_label_unknown_label_is_rejected(tmp_path, make_recipe):
+    rng = random.Random(4)
+    tr, dev = _multilabel(tmp_path / "tr.jsonl", 96, rng), _multilabel(tmp_path / "dev.jsonl", 24, rng)
+    tr.write_text(tr.read_text() + json.dumps({"text": "a goal", "label": ["sport", "weather"]}) + "\n")
+    recipe = _recipe(make_recipe, "classification", tr, dev, "classification.multi_label=true",
+                     "train.max_steps=1", "data.max_rejected_fraction=0.05", "export.enabled=false",
+                     data={"label_separator": ";", "label_names": ["food", "music", "sport"]})
+    result = train(recipe)
+    [row] = [json.loads(line) for line in (result.run_dir / "data" / "rejected.jsonl").read_text().splitlines()]
+    assert (row["line"], row["reason"]) == (97, "unknown label 'weather' (allowed: food, music, sport)")

@@ -128,15 +128,58 @@ class QALabels:
         return None
 
 
-LabelChecker = ClassLabels | ValueLabels | TagLabels | QALabels
+class MultiLabels:
+    """Multi-label rows: a list of class names/indices, or one string of them joined by ``separator``.
+    Canonical form: the sorted list of names (an empty list is a valid "no label applies")."""
+
+    kind = "text"
+
+    def __init__(self, names: list[str] | None, separator: str = ","):
+        self.names = list(names) if names is not None else None
+        self._match = _label_matcher(self.names) if self.names is not None else None
+        self.separator = separator
+        self.seen: Counter = Counter()
+
+    def check(self, row: Row) -> Row | str:
+        raw = row.data.get("label")
+        if raw is None:
+            return "missing label"
+        items = raw if isinstance(raw, list) else [p for p in str(raw).split(self.separator) if p.strip()]
+        keys = []
+        for item in items:
+            key = _label_key(item.strip() if isinstance(item, str) else item)
+            if not key:
+                return f"label {item!r} is not a class name or index"
+            keys.append(key)
+        if self._match is None:
+            self.seen.update(keys)
+            return replace(row, data={**row.data, "label": sorted(set(keys))})
+        names = set()
+        for key in keys:
+            index = self._match(key)
+            if index is None:
+                return f"unknown label '{key}' (allowed: {', '.join(self.names)})"
+            names.add(self.names[index])
+        return replace(row, data={**row.data, "label": sorted(names, key=self.names.index)})
+
+    def finish(self) -> list[str]:
+        if self.names is None:
+            self.names = infer_label_names(self.seen)
+            self._match = _label_matcher(self.names)
+        return self.names
 
 
-def label_checker(mode: str | None, names: list[str] | None) -> LabelChecker | None:
+LabelChecker = ClassLabels | ValueLabels | TagLabels | MultiLabels | QALabels
+
+
+def label_checker(mode: str | None, names: list[str] | None, separator: str = ",") -> LabelChecker | None:
     """The checker for a task's label mode ("class", "value", "tags", "qa"), or None for unlabelled data."""
     if mode is None or mode == "none":
         return None
     if mode == "class":
         return ClassLabels(names)
+    if mode == "multi":
+        return MultiLabels(names, separator)
     if mode == "value":
         return ValueLabels()
     if mode == "tags":

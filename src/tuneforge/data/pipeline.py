@@ -96,7 +96,7 @@ def prepare_dataset(data_cfg, *, seed: int, out_dir: Path, base_dir: Path | None
     out_dir.mkdir(parents=True, exist_ok=True)
     report = DataReport()
     rejects = _RejectWriter(out_dir / "rejected.jsonl", report)
-    checker = label_checker(labels, data_cfg.label_names)
+    checker = label_checker(labels, data_cfg.label_names, data_cfg.label_separator)
     cleaner = Cleaner(data_cfg.clean)
     read_counts: dict[str, Counter] = {}
     try:

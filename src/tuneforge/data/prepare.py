@@ -38,7 +38,8 @@ class PreparedData:
                "validation_source": self.validation_source, "rejected_rows": self.rejected_rows, "files": self.files}
         if self.label_names and all("label" in r for r in self.records["train"][:1]):
             for split in ("train", "validation"):
-                counts = Counter(r["label"] for r in self.records[split])
+                counts = Counter(name for r in self.records[split]
+                                 for name in (r["label"] if isinstance(r["label"], list) else [r["label"]]))
                 out[f"{split}_label_counts"] = {name: counts.get(name, 0) for name in self.label_names}
         return out
 

@@ -490,6 +490,12 @@ def _value_problem(
     if column not in record:
         return f"missing column '{column}'"
     value = record[column]
+    if what == "label" and isinstance(value, list):
+        # multi-label: a list of names/indices (possibly empty: no label applies); the task's label
+        # check decides whether a list is allowed at all
+        if all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
+            return None
+        return "label list holds something other than strings or integers"
     if _is_empty(value):
         return None if allow_empty else f"empty {what}"
     if not isinstance(value, (str, int, float)):

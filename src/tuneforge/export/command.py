@@ -25,7 +25,7 @@ def run_export(cfg: ExportConfig) -> Path:
     from tuneforge.models.build import build_model, load_tokenizer
     from tuneforge.models.resolve import resolve_model
     from tuneforge.recipe import load_recipe, recipe_to_yaml
-    from tuneforge.tasks import get_task
+    from tuneforge.tasks import spec_for
     from tuneforge.train.checkpoint import load_best
 
     if not (cfg.run_dir / "recipe.yaml").exists():
@@ -36,7 +36,7 @@ def run_export(cfg: ExportConfig) -> Path:
     data = load_prepared(cfg.run_dir / "data")  # exactly the rows the run trained and validated on
     resolved = resolve_model(recipe.model.name, allow_pickle=recipe.model.allow_pickle)
     tokenizer = load_tokenizer(resolved, recipe.model.trust_remote_code)
-    spec = get_task(recipe.task)
+    spec = spec_for(recipe)
     model, params = build_model(recipe, resolved, spec, data.label_names, tokenizer.pad_token_id, tokenizer)
     best = load_best(model, cfg.run_dir / "checkpoints")
     if best is None:

@@ -25,3 +25,12 @@ def get_task(name: str) -> TaskSpec:
     else:
         raise ValueError(f"unknown task {name!r}")
     return SPEC
+
+
+def spec_for(recipe) -> TaskSpec:
+    """The spec a recipe trains with: its task, with the multi-label variant of classification."""
+    if recipe.task == "classification" and recipe.classification.multi_label:
+        from tuneforge.tasks.multilabel import SPEC
+
+        return SPEC
+    return get_task(recipe.task)

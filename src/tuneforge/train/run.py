@@ -123,7 +123,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
     from tuneforge.train.checkpoint import TrainState, load_last
     from tuneforge.train.loop import LoopInputs, train_loop
     from tuneforge.train.manifest import build_manifest
-    from tuneforge.tasks import get_task
+    from tuneforge.tasks import spec_for
     from tuneforge.train.optim import build_optimizer, build_scheduler
 
     _quiet_libraries()
@@ -139,7 +139,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
 
     # --- data: fails fast, before any model is loaded
     # Only the main process prepares (it writes files); the others read the same prepared splits.
-    spec = get_task(recipe.task)
+    spec = spec_for(recipe)
     data_dir = run_dir / "data"
     if is_main:
         prepare_task_data(recipe.data, recipe.seed, data_dir, spec)
