@@ -69,6 +69,11 @@ def test_instruction_tuning_loss_falls_and_export_verifies(method, lr, tmp_path,
     assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3, losses
     assert {"loss", "perplexity", "final_number_accuracy", "answered"} <= set(result.metrics)
     assert result.verification["passed"]
+    # base and tuned side by side, same prompts: the base model is the untrained one (adapters off for lora)
+    table = (result.run_dir / "eval" / "base_vs_tuned.md").read_text()
+    assert "| metric | base | tuned |" in table and "| final_number_accuracy |" in table
+    comparison = json.loads((result.run_dir / "eval" / "base_vs_tuned.json").read_text())
+    assert comparison["tuned"]["final_number_accuracy"] == result.metrics["final_number_accuracy"]
     assert result.verification["reloaded_with"] == "transformers.AutoModelForCausalLM"
 
 

@@ -31,6 +31,11 @@ class CausalLMConfig(Section):
     eval_examples: int = Field(100, ge=1, description="Validation conversations generated per evaluation.")
     generation: GenerationConfig = Field(default_factory=GenerationConfig,
                                          description="Decoding for evaluation (greedy by default).")
+    compare_with_base: bool = Field(
+        True, description="At the final evaluation, also score the base model (PEFT adapters disabled, or the "
+        "pretrained weights for full/head_only) with the same prompts and decoding, side by side in "
+        "eval/base_vs_tuned.md."
+    )
 
 
 def _template(tokenizer, recipe, rows) -> str | None:
@@ -100,6 +105,39 @@ def generate_metrics(model, tokenizer, records: list[dict], recipe) -> dict:
     if cfg.eval_metric == "final_number":
         return final_number_accuracy(predictions, references)
     return generation_metrics(predictions, references)
+
+
+def compare_with_base(model, tokenizer, records: list[dict], recipe, load_base) -> dict | None:
+    """The generation metrics of the model before tuning, for the side-by-side report.
+
+    PEFT methods only add weights, so disabling the adapter *is* the base model; for full, head_only
+    and bottleneck adapters the pretrained weights are loaded again (``load_base()``).
+    """
+    cfg = recipe.causal_lm
+    if cfg.eval_metric == "none" or not cfg.compare_with_base:
+        return None
+    if recipe.method in ("lora", "dora", "ia3", "prefix", "prompt") and hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            return generate_metrics(model, tokenizer, records, recipe)
+    return generate_metrics(load_base(), tokenizer, records, recipe)
+
+
+def write_comparison(base: dict, tuned: dict, out_dir, recipe) -> None:
+    """eval/base_vs_tuned.md and .json: each generation metric for the base and the tuned model."""
+    import json
+    from pathlib import Path
+
+    keys = [k for k in tuned if k in base and isinstance(tuned[k], (int, float))]
+    lines = [f"# {recipe.name}: base vs tuned", "",
+             f"Model `{recipe.model.name}`, method `{recipe.method}`; the same {recipe.causal_lm.eval_examples} "
+             f"validation prompts (at most) and decoding for both.", "",
+             "| metric | base | tuned |", "|---|---:|---:|"]
+    lines += [f"| {k} | {base[k]:.2f} | {tuned[k]:.2f} |" for k in keys]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "base_vs_tuned.md").write_text("\n".join(lines) + "\n")
+    (out / "base_vs_tuned.json").write_text(json.dumps({"base": base, "tuned": {k: tuned[k] for k in keys}},
+                                                       indent=2) + "\n")
 
 
 class _ChatRow:

@@ -240,6 +240,8 @@ def _finish(recipe, spec, base, tokenizer, val_enc, data, ckpt_dir, metrics_file
     metrics["loss"] = preds.loss
     if spec.generate_metrics is not None:
         metrics.update(spec.generate_metrics(base, tokenizer, data.records["validation"], recipe))
+    if recipe.task == "causal_lm":
+        _compare_with_base(recipe, spec, base, tokenizer, data, metrics, say)
     metrics["step"] = best["step"] if best else result.global_step
     write_eval_report(metrics, run_dir / "eval", title=f"{recipe.name}: validation",
                       extra={"validation": data.validation_source, "checkpoint_step": metrics["step"],
@@ -266,6 +268,25 @@ def _finish(recipe, spec, base, tokenizer, val_enc, data, ckpt_dir, metrics_file
             f"{verification['max_abs_logit_diff']:.1e})" if verification else ""))
     (run_dir / "result.json").write_text(json.dumps(result.to_json(), indent=2))
     return result
+
+
+def _compare_with_base(recipe, spec, model, tokenizer, data, metrics, say) -> None:
+    """Generation metrics of the untuned model next to the tuned one (eval/base_vs_tuned.md)."""
+    from tuneforge.models.build import load_task_model
+    from tuneforge.models.resolve import resolve_model
+    from tuneforge.tasks.causal_lm import compare_with_base, write_comparison
+
+    def load_base():
+        resolved = resolve_model(recipe.model.name, allow_pickle=recipe.model.allow_pickle)
+        return load_task_model(resolved, spec, data.label_names, trust_remote_code=recipe.model.trust_remote_code,
+                               pad_token_id=tokenizer.pad_token_id)
+
+    base = compare_with_base(model, tokenizer, data.records["validation"], recipe, load_base)
+    if base:
+        write_comparison(base, metrics, recipe.run_dir / "eval", recipe)
+        metrics["base"] = base
+        say("base vs tuned: " + ", ".join(f"{k} {base[k]:.2f} -> {metrics[k]:.2f}" for k in base
+                                          if k in metrics and isinstance(base[k], (int, float))))
 
 
 def _generate_metrics(spec, model, tokenizer, data, recipe, accelerator) -> dict:
