@@ -542,3 +542,11 @@ def test_importing_sources_does_not_import_torch_or_datasets():
             "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'pyarrow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_alpaca_with_other_column_names(tmp_path):
+    path = write(tmp_path, "gsm.jsonl", '{"question": "What is 2 + 3?", "answer": "2 + 3 = 5\\n#### 5"}\n')
+    cfg = SourceConfig(path=path, format="alpaca", instruction_column="question", output_column="answer")
+    [row] = list(iter_source(cfg))
+    assert row.data["messages"] == [{"role": "user", "content": "What is 2 + 3?"},
+                                    {"role": "assistant", "content": "2 + 3 = 5\n#### 5"}]

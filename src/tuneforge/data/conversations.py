@@ -50,14 +50,16 @@ class InvalidConversation(ValueError):
 # ------------------------------------------------------------------------------- per format
 
 
-def from_alpaca(record: Mapping[str, Any]) -> Messages:
+def from_alpaca(record: Mapping[str, Any], instruction_key: str = "instruction",
+                output_key: str = "output") -> Messages:
     """``{instruction, input?, output, system?}`` -> system?, user, assistant.
 
     The user turn is the instruction followed by the input (after a blank line) when the input is
-    non-empty: that is how the Alpaca prompt presents the two.
+    non-empty: that is how the Alpaca prompt presents the two. Other prompt/response column names
+    (e.g. GSM8K's ``question``/``answer``) are given with ``instruction_key``/``output_key``.
     """
-    instruction = _required_text(record, "instruction")
-    output = _required_text(record, "output")
+    instruction = _required_text(record, instruction_key)
+    output = _required_text(record, output_key)
     extra = _optional_text(record, "input")
     system = _optional_text(record, "system")
     messages: Messages = []

@@ -77,6 +77,8 @@ _APPLIES_TO: dict[str, tuple[str, ...]] = {
     "text_unit": ("text",),
     "role_map": RECORD_FORMATS + ("sharegpt", "messages"),
     "split": ("datasets",) + CHAT_FORMATS,
+    "instruction_column": ("alpaca",),
+    "output_column": ("alpaca",),
 }
 _GLOB = re.compile(r"[*?\[]")
 _DATASET_MARKERS = ("state.json", "dataset_dict.json")
@@ -125,6 +127,12 @@ class SourceConfig(Section):
     conll_tag_column: int = Field(-1, description="conll only: column of the tag (negative counts from the end).")
     text_unit: Literal["line", "file"] = Field(
         "line", description="text only: one row per non-blank line, or the whole file as one row."
+    )
+    instruction_column: str = Field(
+        "instruction", min_length=1, description="alpaca only: the column holding the prompt (e.g. question)."
+    )
+    output_column: str = Field(
+        "output", min_length=1, description="alpaca only: the column holding the reply (e.g. answer)."
     )
     role_map: dict[str, Literal["system", "user", "assistant"]] = Field(
         default_factory=lambda: dict(DEFAULT_ROLE_MAP),
@@ -457,7 +465,7 @@ def _chat_item(
 ) -> Item:
     try:
         if fmt == "alpaca":
-            messages = conversations.from_alpaca(record)
+            messages = conversations.from_alpaca(record, cfg.instruction_column, cfg.output_column)
         elif fmt == "sharegpt":
             messages = conversations.from_sharegpt(record, cfg.role_map)
         else:
