@@ -19,7 +19,8 @@ def _metrics_table(metrics: dict) -> str:
 
 
 def write_model_card(out_dir: Path, *, recipe_yaml: str, recipe, data_summary: dict, manifest: dict,
-                     metrics: dict, verification: dict | None, params: str, export_how: str = "plain") -> Path:
+                     metrics: dict, verification: dict | None, params: str, export_how: str = "plain",
+                     auto_class: str = "AutoModelForSequenceClassification") -> Path:
     from tuneforge.models.methods import EXPORT_CONTENTS
 
     files = "\n".join(f"- `{path}`: sha256 `{info['sha256'][:16]}…`, {info['bytes']:,} bytes"
@@ -32,18 +33,17 @@ def write_model_card(out_dir: Path, *, recipe_yaml: str, recipe, data_summary: d
                 f"{verification['max_abs_logit_diff']:.2e}")
     text = f"""---
 library_name: transformers
-pipeline_tag: text-classification
-tags: [tuneforge, text-classification]
+tags: [tuneforge, {recipe.task}]
 ---
 
 # {recipe.name}
 
-Sequence classifier fine-tuned with tuneforge from `{recipe.model.name}`
+Model fine-tuned with tuneforge from `{recipe.model.name}`
 (task: {recipe.task}; method: {recipe.method}; {params}). Export: {EXPORT_CONTENTS[export_how]}.
 
 ```python
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-model = AutoModelForSequenceClassification.from_pretrained("{out_dir.name}")  # plain exports; see above
+from transformers import {auto_class}, AutoTokenizer
+model = {auto_class}.from_pretrained("{out_dir.name}")  # plain exports; see above
 tokenizer = AutoTokenizer.from_pretrained("{out_dir.name}")
 ```
 

@@ -54,5 +54,5 @@ def run_export(cfg: ExportConfig) -> Path:
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"packages": {}}
     write_model_card(out, recipe_yaml=recipe_to_yaml(recipe), recipe=recipe, data_summary=data.summary(),
                      manifest=manifest, metrics=metrics, verification=verification, params=str(params),
-                     export_how=how)
+                     export_how=how, auto_class=spec.auto_class)
     return out

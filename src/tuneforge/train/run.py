@@ -261,7 +261,8 @@ def _finish(recipe, spec, base, tokenizer, val_enc, data, ckpt_dir, metrics_file
                                          batch_size=recipe.train.eval_batch_size)
         write_model_card(export_dir, recipe_yaml=recipe_to_yaml(recipe), recipe=recipe,
                          data_summary=data.summary(), manifest=manifest, metrics=metrics,
-                         verification=verification, params=str(params), export_how=how)
+                         verification=verification, params=str(params), export_how=how,
+                         auto_class=spec.auto_class)
         result.export_dir, result.verification = export_dir, verification
         say(f"exported model: {export_dir}" + (
             f" (verified: {100 * verification['prediction_agreement']:.1f}% agreement, max |Δlogit| "
