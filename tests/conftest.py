@@ -98,3 +98,14 @@ def make_recipe(tmp_path, tiny_model_dir, toy_data):
         return Recipe.model_validate(apply_overrides(base, list(overrides)))
 
     return build
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: thread start-up costs more than the maths, and the test machine's cores are shared."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -53,13 +53,7 @@ LEARNING_RATES = {"full": 3e-3, "head_only": 5e-2, "lora": 1e-2, "dora": 1e-2, "
                   "prompt": 1e-1, "adapter": 5e-2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models: thread start-up costs more than the maths, and the test machine's cores are shared.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(task: str):

@@ -120,8 +120,6 @@ def prepare_dataset(data_cfg, *, seed: int, out_dir: Path, base_dir: Path | None
         if not split_labels:
             raise DataError("no usable training rows: every row was rejected or removed "
                             f"(see {out_dir / 'rejected.jsonl'})")
-        _fill_duplicate_texts(duplicates, _texts_in_spill(spill, {d["duplicate_of"] for d in duplicates}))
-        report.set_duplicates(duplicates)
 
         # Label names are settled by the training rows alone: an evaluation label never seen in
         # training is rejected, not silently turned into a class the model cannot learn.
@@ -149,7 +147,9 @@ def prepare_dataset(data_cfg, *, seed: int, out_dir: Path, base_dir: Path | None
         where = {i: "validation" for i in parts.validation}
         where.update({i: "test" for i in parts.test})
         del split_labels, groups
-        held = _held_out_rows(spill, where, given)
+        held, kept_texts = _held_out_rows(spill, where, given, {d["duplicate_of"] for d in duplicates})
+        _fill_duplicate_texts(duplicates, kept_texts)
+        report.set_duplicates(duplicates)
 
         # ---- pass 2: training rows, decontaminated against the evaluation rows, then weighted
         contaminated: list[dict] = []
@@ -204,18 +204,6 @@ def _pair(dup: Duplicate) -> dict:
     if dup.against != "train":
         record["eval_split"] = dup.against
     return record
-
-
-def _texts_in_spill(spill: Path, origins: set[str]) -> dict[str, str]:
-    """Snippets of the kept rows named by ``origins`` (one streaming pass over the spill file)."""
-    found: dict[str, str] = {}
-    if origins:
-        with open(spill, encoding="utf-8") as fh:
-            for line in fh:
-                row = load_row(line)
-                if row.origin in origins:
-                    found[row.origin] = _snippet(row)
-    return found
 
 
 def _texts_of(held: dict[str, list[Row]], origins: set[str]) -> dict[str, str]:
@@ -276,14 +264,23 @@ def _check_rejected(read_counts: dict[str, Counter], limit: float, rejects: _Rej
             )
 
 
-def _held_out_rows(spill: Path, where: dict[int, str], given: dict[str, list[Row]]) -> dict[str, list[Row]]:
-    """Validation and test rows: the given files' rows, plus the spilled rows the split sent there."""
+def _held_out_rows(spill: Path, where: dict[int, str], given: dict[str, list[Row]],
+                   origins: set[str]) -> tuple[dict[str, list[Row]], dict[str, str]]:
+    """Validation and test rows (the given files' rows, plus the spilled rows the split sent there),
+    and, from the same pass over the spill file, snippets of the kept rows named by ``origins``
+    (the rows that dropped duplicates copy)."""
     held: dict[str, list[Row]] = {"validation": list(given.get("validation", [])), "test": list(given.get("test", []))}
+    texts: dict[str, str] = {}
     with open(spill, encoding="utf-8") as fh:
         for i, line in enumerate(fh):
+            if i not in where and not origins:
+                continue
+            row = load_row(line)
             if i in where:
-                held[where[i]].append(load_row(line))
-    return held
+                held[where[i]].append(row)
+            if row.origin in origins:
+                texts[row.origin] = _snippet(row)
+    return held, texts
 
 
 def _train_stream(spill: Path, where: dict[int, str]) -> Iterator[Row]:

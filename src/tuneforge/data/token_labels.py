@@ -22,26 +22,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from pydantic import Field
-
 from tuneforge.errors import TuneforgeError
-from tuneforge.sections import Section
 
 #: Label value the loss ignores (PyTorch's ``CrossEntropyLoss`` default ``ignore_index``).
 IGNORE_INDEX = -100
 OUTSIDE = "O"
 TAG_FORMAT = "O, B-TYPE or I-TYPE (IOB2)"
-
-
-class TokenLabelConfig(Section):
-    """How word tags become sub-token labels."""
-
-    label_all_subtokens: bool = Field(
-        False,
-        description="Also train on the continuation sub-tokens of a word (as I-TYPE for a B-TYPE word). "
-        "Default: only the first sub-token of each word carries its tag; predictions are always read "
-        "from the first sub-token.",
-    )
 
 
 def split_tag(tag: str) -> tuple[str, str] | None:

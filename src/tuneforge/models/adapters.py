@@ -149,18 +149,16 @@ def _config_of(model) -> AdapterConfig:
 
 def load_adapter_export(export_dir: Path):
     """Rebuild the exported model: base model, fresh adapters at the recorded sites, trained adapter weights."""
-    import transformers
     from safetensors.torch import load_file
+
+    from tuneforge.models.methods import _transformers_class
 
     export_dir = Path(export_dir)
     meta_path = export_dir / ADAPTER_CONFIG
     if not meta_path.exists():
         raise TuneforgeError(f"{export_dir}: no {ADAPTER_CONFIG}; not a bottleneck-adapter export")
     meta = json.loads(meta_path.read_text())
-    model_class = getattr(transformers, meta["model_class"], None)
-    if model_class is None:
-        raise TuneforgeError(f"{meta_path}: transformers has no model class {meta['model_class']!r}")
-    model = model_class.from_pretrained(export_dir / "base_model")
+    model = _transformers_class(meta["model_class"]).from_pretrained(export_dir / "base_model")
     sites = insert_adapters(model, AdapterConfig(**meta["config"]))
     if sites != meta["sites"]:
         raise TuneforgeError(f"{meta_path}: the adapters were saved at {len(meta['sites'])} layers but the base "

@@ -37,3 +37,8 @@ class TaskSpec:
 def label_maps(names: list[str]) -> dict:
     return {"num_labels": len(names), "id2label": dict(enumerate(names)),
             "label2id": {name: i for i, name in enumerate(names)}}
+
+
+def text_input_ids(records: list[dict], tokenizer, recipe) -> list[list[int]]:
+    """Token ids of the records' ``text``, unpadded, cut at ``model.max_length`` (sequence-level tasks)."""
+    return tokenizer([r["text"] for r in records], truncation=True, max_length=recipe.model.max_length)["input_ids"]

@@ -4,14 +4,14 @@ thresholds tuned on the validation set."""
 
 from __future__ import annotations
 
-from tuneforge.tasks.base import TaskSpec, label_maps
+from tuneforge.tasks.base import TaskSpec, label_maps, text_input_ids
 
 
 def encode(records: list[dict], tokenizer, recipe, names: list[str] | None):
     from tuneforge.data.batching import Encoded
 
     index = {name: i for i, name in enumerate(names or [])}
-    ids = tokenizer([r["text"] for r in records], truncation=True, max_length=recipe.model.max_length)["input_ids"]
+    ids = text_input_ids(records, tokenizer, recipe)
     hot = []
     for r in records:
         row = [0.0] * len(index)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from tuneforge.tasks.base import TaskSpec
+from tuneforge.tasks.base import TaskSpec, text_input_ids
 
 
 def encode(records: list[dict], tokenizer, recipe, names: list[str] | None):
-    max_length = recipe.model.max_length
     from tuneforge.data.batching import Encoded
 
-    ids = tokenizer([r["text"] for r in records], truncation=True, max_length=max_length)["input_ids"]
+    ids = text_input_ids(records, tokenizer, recipe)
     return Encoded(input_ids=ids, labels=[float(r["label"]) for r in records], label_kind="value")
 
 
