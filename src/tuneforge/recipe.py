@@ -290,6 +290,9 @@ class Recipe(Section):
                 raise ValueError(f"train.metric_for_best: {self.train.metric_for_best} needs causal_lm.eval_metric "
                                  f"{'final_number' if self.train.metric_for_best == 'final_number_accuracy' else 'text'}"
                                  f" (now {self.causal_lm.eval_metric})")
+            if not self.causal_lm.generate_during_training:
+                raise ValueError(f"train.metric_for_best: {self.train.metric_for_best} is only measured during "
+                                 "training with causal_lm.generate_during_training: true; set it, or select on loss")
         if self.task == "extractive_qa" and 2 * self.extractive_qa.doc_stride > self.model.max_length:
             # Each window holds the whole question and more than doc_stride context tokens; half the
             # window for the overlap leaves the other half for the question and new context.

@@ -71,9 +71,16 @@ def test_instruction_tuning_loss_falls_and_export_verifies(method, lr, tmp_path,
     assert result.verification["passed"]
     # base and tuned side by side, same prompts: the base model is the untrained one (adapters off for lora)
     table = (result.run_dir / "eval" / "base_vs_tuned.md").read_text()
-    assert "| metric | base | tuned |" in table and "| final_number_accuracy |" in table
+    assert "| metric | better | base | tuned |" in table and "| final_number_accuracy | higher |" in table
     comparison = json.loads((result.run_dir / "eval" / "base_vs_tuned.json").read_text())
     assert comparison["tuned"]["final_number_accuracy"] == result.metrics["final_number_accuracy"]
+    # validation loss of the same split before and after tuning, in the same table
+    assert "| loss | lower |" in table and "| perplexity | lower |" in table
+    assert comparison["base"]["loss"] > 1.5 * comparison["tuned"]["loss"], comparison
+    # evaluations during training report loss only: generation runs at the final evaluation
+    evals = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "eval"]
+    assert evals and all("final_number_accuracy" not in e for e in evals)
     assert result.verification["reloaded_with"] == "transformers.AutoModelForCausalLM"
 
 
@@ -87,3 +94,16 @@ def test_chat_record_without_assistant_turn_is_rejected(tmp_path, make_recipe, t
                            "data.max_rejected_fraction=0.05"))
     [row] = [json.loads(line) for line in (result.run_dir / "data" / "rejected.jsonl").read_text().splitlines()]
     assert (row["stage"], row["reason"]) == ("read", "field 'output' is empty")
+
+
+def test_selecting_on_a_generation_metric_needs_generation_during_training(make_recipe, tiny_llama_dir, tmp_path):
+    from pydantic import ValidationError
+
+    rng = random.Random(2)
+    tr, dev = _alpaca(tmp_path / "tr.json", 8, rng), _alpaca(tmp_path / "dev.json", 4, rng)
+    with pytest.raises(ValidationError, match="final_number_accuracy is only measured during training with "
+                                              "causal_lm.generate_during_training: true"):
+        _recipe(make_recipe, tiny_llama_dir, tr, dev, "train.metric_for_best=final_number_accuracy")
+    recipe = _recipe(make_recipe, tiny_llama_dir, tr, dev, "train.metric_for_best=final_number_accuracy",
+                     "causal_lm.generate_during_training=true")
+    assert recipe.train.metric_for_best == "final_number_accuracy"

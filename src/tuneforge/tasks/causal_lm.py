@@ -33,8 +33,13 @@ class CausalLMConfig(Section):
                                          description="Decoding for evaluation (greedy by default).")
     compare_with_base: bool = Field(
         True, description="At the final evaluation, also score the base model (PEFT adapters disabled, or the "
-        "pretrained weights for full/head_only) with the same prompts and decoding, side by side in "
-        "eval/base_vs_tuned.md."
+        "pretrained weights for full/head_only): validation loss, perplexity and the generation metric with the "
+        "same prompts and decoding, side by side in eval/base_vs_tuned.md."
+    )
+    generate_during_training: bool = Field(
+        False, description="Also generate at every evaluation during training (slow: eval_examples generations "
+        "each time), for learning curves of the generation metric or train.metric_for_best on it; false: "
+        "evaluations during training report loss and perplexity, the final evaluation generates."
     )
 
 
@@ -107,19 +112,18 @@ def generate_metrics(model, tokenizer, records: list[dict], recipe) -> dict:
     return generation_metrics(predictions, references)
 
 
-def compare_with_base(model, tokenizer, records: list[dict], recipe, load_base) -> dict | None:
-    """The generation metrics of the model before tuning, for the side-by-side report.
+def compare_with_base(model, recipe, load_base, score) -> dict | None:
+    """The base model's validation metrics (``score(model)``), for the side-by-side report.
 
     PEFT methods only add weights, so disabling the adapter *is* the base model; for full, head_only
     and bottleneck adapters the pretrained weights are loaded again (``load_base()``).
     """
-    cfg = recipe.causal_lm
-    if cfg.eval_metric == "none" or not cfg.compare_with_base:
+    if not recipe.causal_lm.compare_with_base:
         return None
     if recipe.method in ("lora", "dora", "ia3", "prefix", "prompt") and hasattr(model, "disable_adapter"):
         with model.disable_adapter():
-            return generate_metrics(model, tokenizer, records, recipe)
-    return generate_metrics(load_base(), tokenizer, records, recipe)
+            return score(model)
+    return score(load_base())
 
 
 def write_comparison(base: dict, tuned: dict, out_dir, recipe) -> None:
@@ -128,16 +132,24 @@ def write_comparison(base: dict, tuned: dict, out_dir, recipe) -> None:
     from pathlib import Path
 
     keys = [k for k in tuned if k in base and isinstance(tuned[k], (int, float))]
+    from tuneforge.evaluate.metrics import METRIC_DIRECTIONS
+
+    generated = recipe.causal_lm.eval_metric != "none"
     lines = [f"# {recipe.name}: base vs tuned", "",
-             f"Model `{recipe.model.name}`, method `{recipe.method}`; the same {recipe.causal_lm.eval_examples} "
-             f"validation prompts (at most) and decoding for both.", "",
-             "| metric | base | tuned |", "|---|---:|---:|"]
-    lines += [f"| {k} | {base[k]:.2f} | {tuned[k]:.2f} |" for k in keys]
+             f"Model `{recipe.model.name}`, method `{recipe.method}`. Loss and perplexity on the whole validation "
+             "split" + (f"; generation metrics on the same {recipe.causal_lm.eval_examples} validation prompts (at "
+                        "most) with the same decoding for both." if generated else "."), "",
+             "| metric | better | base | tuned |", "|---|:---:|---:|---:|"]
+    lines += [f"| {k} | {_arrow(METRIC_DIRECTIONS.get(k))} | {base[k]:.4g} | {tuned[k]:.4g} |" for k in keys]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "base_vs_tuned.md").write_text("\n".join(lines) + "\n")
     (out / "base_vs_tuned.json").write_text(json.dumps({"base": base, "tuned": {k: tuned[k] for k in keys}},
                                                        indent=2) + "\n")
+
+
+def _arrow(direction: str | None) -> str:
+    return {"min": "lower", "max": "higher"}.get(direction or "", "")
 
 
 class _ChatRow:

@@ -194,7 +194,8 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
                         rank=accelerator.process_index, world_size=accelerator.num_processes, gather=gather_object)
         out = spec.metrics(preds, data.records["validation"], val_enc, data.label_names)
         out["loss"] = preds.loss
-        if spec.generate_metrics is not None:
+        if spec.generate_metrics is not None and (recipe.task != "causal_lm"
+                                                  or recipe.causal_lm.generate_during_training):
             out.update(_generate_metrics(spec, accelerator.unwrap_model(m), tokenizer, data, recipe, accelerator))
         return out
 
@@ -241,7 +242,7 @@ def _finish(recipe, spec, base, tokenizer, val_enc, data, ckpt_dir, metrics_file
     if spec.generate_metrics is not None:
         metrics.update(spec.generate_metrics(base, tokenizer, data.records["validation"], recipe))
     if recipe.task == "causal_lm":
-        _compare_with_base(recipe, spec, base, tokenizer, data, metrics, say)
+        _compare_with_base(recipe, spec, base, tokenizer, data, val_enc, metrics, say)
     metrics["step"] = best["step"] if best else result.global_step
     write_eval_report(metrics, run_dir / "eval", title=f"{recipe.name}: validation",
                       extra={"validation": data.validation_source, "checkpoint_step": metrics["step"],
@@ -271,8 +272,10 @@ def _finish(recipe, spec, base, tokenizer, val_enc, data, ckpt_dir, metrics_file
     return result
 
 
-def _compare_with_base(recipe, spec, model, tokenizer, data, metrics, say) -> None:
-    """Generation metrics of the untuned model next to the tuned one (eval/base_vs_tuned.md)."""
+def _compare_with_base(recipe, spec, model, tokenizer, data, val_enc, metrics, say) -> None:
+    """Validation loss, perplexity and generation metrics of the untuned model next to the tuned one
+    (eval/base_vs_tuned.md): the evidence that tuning helped, in one table."""
+    from tuneforge.evaluate.predict import predict
     from tuneforge.models.build import load_task_model
     from tuneforge.models.resolve import resolve_model
     from tuneforge.tasks.causal_lm import compare_with_base, write_comparison
@@ -282,11 +285,17 @@ def _compare_with_base(recipe, spec, model, tokenizer, data, metrics, say) -> No
         return load_task_model(resolved, spec, data.label_names, trust_remote_code=recipe.model.trust_remote_code,
                                pad_token_id=tokenizer.pad_token_id)
 
-    base = compare_with_base(model, tokenizer, data.records["validation"], recipe, load_base)
+    def score(m) -> dict:
+        preds = predict(m, val_enc, batch_size=recipe.train.eval_batch_size, pad_id=tokenizer.pad_token_id,
+                        precision="fp32")
+        out = {**spec.metrics(preds, data.records["validation"], val_enc, data.label_names), "loss": preds.loss}
+        return {**out, **spec.generate_metrics(m, tokenizer, data.records["validation"], recipe)}
+
+    base = compare_with_base(model, recipe, load_base, score)
     if base:
         write_comparison(base, metrics, recipe.run_dir / "eval", recipe)
         metrics["base"] = base
-        say("base vs tuned: " + ", ".join(f"{k} {base[k]:.2f} -> {metrics[k]:.2f}" for k in base
+        say("base vs tuned: " + ", ".join(f"{k} {base[k]:.4g} -> {metrics[k]:.4g}" for k in base
                                           if k in metrics and isinstance(base[k], (int, float))))
 
 
