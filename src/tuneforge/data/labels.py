@@ -89,6 +89,14 @@ class TagLabels:
         from tuneforge.data.token_labels import check_tokens_row
 
         tokens, tags = row.data.get("tokens", []), row.data.get("tags", [])
+        if self.names is not None and any(isinstance(t, int) and not isinstance(t, bool) for t in tags):
+            # indices into data.label_names, as in Hugging Face's ner_tags columns
+            bad = next((t for t in tags if not isinstance(t, int) or isinstance(t, bool)
+                        or not 0 <= t < len(self.names)), None)
+            if bad is not None:
+                return f"tag {bad!r} is not an index into data.label_names (0-{len(self.names) - 1})"
+            tags = [self.names[t] for t in tags]
+            row = replace(row, data={**row.data, "tags": tags})
         problem = check_tokens_row(tokens, tags)
         if problem:
             return problem

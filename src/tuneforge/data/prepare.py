@@ -51,7 +51,8 @@ def prepare_task_data(data_cfg, seed: int, out_dir: Path, spec) -> PreparedData:
     prepared = prepare_dataset(data_cfg, seed=seed, out_dir=out_dir, labels=spec.labels)
     report = prepared.report
     files = {name: c["read"] for name, c in report["sources"].items()}
-    validation = (str(data_cfg.validation_file) if data_cfg.validation_file is not None else
+    given = data_cfg.validation_file
+    validation = (str(getattr(given, "path", given)) if given is not None else
                   f"{data_cfg.split.validation_fraction:g} of the training rows (seed {seed})")
     meta = {"task": spec.name, "label_names": prepared.label_names, "rejected_rows": report["rejected"]["total"],
             "files": files, "validation_source": validation}

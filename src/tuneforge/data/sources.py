@@ -72,6 +72,8 @@ _APPLIES_TO: dict[str, tuple[str, ...]] = {
     "label_column": RECORD_FORMATS,
     "group_column": RECORD_FORMATS + CHAT_FORMATS + ("squad",),
     "target_path": ("parallel",),
+    "target_column": RECORD_FORMATS,
+    "tags_column": RECORD_FORMATS,
     "conll_token_column": ("conll",),
     "conll_tag_column": ("conll",),
     "text_unit": ("text",),
@@ -123,6 +125,19 @@ class SourceConfig(Section):
     target_path: Path | None = Field(
         None, description="parallel only: the target-language file, line-aligned with path."
     )
+    target_column: str | None = Field(
+        None, min_length=1,
+        description="Record column holding the target text: the records become source/target pairs (seq2seq, "
+        "causal-LM text-to-text) with text_column as the source. A list of sentences in text_column is joined "
+        "with spaces; a list in target_column gives several references: the first is trained on, all are "
+        "scored against (SciTLDR).",
+    )
+    tags_column: str | None = Field(
+        None, min_length=1,
+        description="Record column holding a list of word tags (IOB2 strings, or indices into data.label_names): "
+        "the records become NER rows with text_column holding the list of words (Hugging Face's "
+        "tokens/ner_tags layout). A record whose word and tag counts differ is rejected.",
+    )
     conll_token_column: int = Field(0, description="conll only: whitespace-separated column of the token.")
     conll_tag_column: int = Field(-1, description="conll only: column of the tag (negative counts from the end).")
     text_unit: Literal["line", "file"] = Field(
@@ -169,6 +184,15 @@ class SourceConfig(Section):
             raise ValueError("conll_token_column and conll_tag_column must differ")
         if self.label_column is not None and self.label_column == self.text_column:
             raise ValueError(f"label_column and text_column are both '{self.text_column}'")
+        if self.target_column is not None and self.tags_column is not None:
+            raise ValueError("target_column (source/target pairs) and tags_column (NER rows) exclude each other")
+        structured = self.target_column or self.tags_column
+        if structured is not None and "label_column" in self.model_fields_set and self.label_column is not None:
+            raise ValueError(f"label_column is set, but {'target' if self.target_column else 'tags'}_column "
+                             f"'{structured}' makes rows without a label; remove label_column")
+        if structured is not None and structured == self.text_column:
+            raise ValueError(f"text_column and {'target' if self.target_column else 'tags'}_column are both "
+                             f"'{structured}'")
         if "assistant" not in self.role_map.values():
             raise ValueError("role_map maps no role to 'assistant': every chat row would be rejected")
         return self
@@ -422,6 +446,14 @@ def _converter(
             raise DataError(f"{path}: records look like {chat_format} chats, but {problem}")
     if chat_format is not None:
         return partial(_chat_item, cfg, path, name, chat_format)
+    for column in (cfg.target_column, cfg.tags_column):
+        if column is not None and column not in first:
+            which = "target_column" if column == cfg.target_column else "tags_column"
+            raise DataError(f"{path}: line {line}: no {which} '{column}' (columns: {columns})")
+    if cfg.target_column is not None:
+        return partial(_pair_item, cfg, path, name)
+    if cfg.tags_column is not None:
+        return partial(_tokens_item, cfg, path, name)
     labelled = cfg.label_column is not None and cfg.label_column in first
     if cfg.label_column is not None and not labelled and "label_column" in cfg.model_fields_set:
         raise DataError(
@@ -458,6 +490,69 @@ def _text_item(
         "group": _group(record, cfg.group_column),
     }
     return make_row("text", data, path, line, name)
+
+
+def _pair_item(cfg: SourceConfig, path: Path, name: str, line: int, record: dict[str, Any]) -> Item:
+    source, reason = _joined_text(record, cfg.text_column)
+    references: list[str] = []
+    if reason is None:
+        references, reason = _references(record, cfg.target_column)
+    if reason is None and cfg.group_column is not None:
+        reason = _value_problem(record, cfg.group_column, "group", allow_empty=True)
+    if reason is not None:
+        return _record_reject(path, line, reason, record)
+    data: dict[str, Any] = {"source": source, "target": references[0], "group": _group(record, cfg.group_column)}
+    if len(references) > 1:
+        data["references"] = references
+    return make_row("pair", data, path, line, name)
+
+
+def _joined_text(record: dict[str, Any], column: str) -> tuple[str, str | None]:
+    """A text column's string; a list of strings (sentences) is joined with spaces."""
+    value = record.get(column)
+    if isinstance(value, list):
+        if not all(isinstance(v, str) for v in value):
+            return "", f"column '{column}' is a list holding something other than strings"
+        value = " ".join(v.strip() for v in value if v.strip())
+        record = {column: value}
+    reason = _text_problem(record, column)
+    return (value if reason is None else ""), reason
+
+
+def _references(record: dict[str, Any], column: str | None) -> tuple[list[str], str | None]:
+    assert column is not None
+    if column not in record:
+        return [], f"missing column '{column}'"
+    value = record[column]
+    values = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, str) for v in values):
+        return [], f"target is not a string or a list of strings (got {json_type(value)})"
+    kept = [v.strip() for v in values if v.strip()]
+    if not kept:
+        return [], "empty target"
+    return kept, None
+
+
+def _tokens_item(cfg: SourceConfig, path: Path, name: str, line: int, record: dict[str, Any]) -> Item:
+    from tuneforge.data.token_labels import check_tokens_row
+
+    assert cfg.tags_column is not None
+    tokens, tags = record.get(cfg.text_column), record.get(cfg.tags_column)
+    reason = next((f"missing column '{c}'" for c in (cfg.text_column, cfg.tags_column) if c not in record), None)
+    if reason is None:
+        for what, value in (("words", tokens), ("tags", tags)):
+            if not isinstance(value, list):
+                reason = f"{what} must be a list (got {json_type(value)})"
+                break
+    if reason is None and len(tokens) != len(tags):  # type: ignore[arg-type]
+        reason = check_tokens_row(tokens, tags)  # type: ignore[arg-type]
+    if reason is None and cfg.group_column is not None:
+        reason = _value_problem(record, cfg.group_column, "group", allow_empty=True)
+    if reason is not None:
+        return _record_reject(path, line, reason, record)
+    # Tag names (or indices) are checked against data.label_names by the task's label check.
+    return make_row("tokens", {"tokens": tokens, "tags": tags, "group": _group(record, cfg.group_column)},
+                    path, line, name)
 
 
 def _chat_item(

