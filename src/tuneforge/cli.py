@@ -210,6 +210,86 @@ def export(run_dir: Path = typer.Argument(..., help="A run directory (runs/<name
     _guard(body)
 
 
+bench_app = typer.Typer(no_args_is_help=True, help="Measure this machine (cached; used for MFU during training).")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("peak")
+def bench_peak(dtype: str = typer.Option("bf16", "--dtype", help="bf16, fp32, or fp16 (CUDA only)."),
+               device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if "
+                                                    "available, else cpu)."),
+               force: bool = typer.Option(False, "--force", help="Measure again even if a value is cached."),
+               sizes: Optional[str] = typer.Option(None, "--sizes", hidden=True,
+                                                   help="Comma-separated matmul sizes (tests).")):
+    """Measure the matmul peak (TFLOP/s) of this machine for one dtype and cache it: the denominator of
+    the MFU that training prints. Uses torch's current thread count."""
+    def body():
+        import torch
+
+        from tuneforge.train.peak import cached_entry, measure_peak, peak_file, store
+
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        entry = None if force else cached_entry(dev, dtype)
+        if entry is None:
+            size_list = [int(s) for s in sizes.split(",")] if sizes else None
+            entry = measure_peak(dev, dtype, size_list)
+            where = f"cached in {store(entry)}"
+        else:
+            where = f"cached value from {entry['measured_at']} in {peak_file()} (--force to measure again)"
+        fp = entry["fingerprint"]
+        machine = fp.get("gpu") or f"{fp['cpu']}, {fp['threads']} thread(s)"
+        for n, flops in entry["by_size"].items():
+            print(f"{dtype} matmul {n}x{n}: {flops / 1e12:.3f} TFLOP/s")
+        print(f"peak {dtype} on {dev} ({machine}): {entry['flops'] / 1e12:.3f} TFLOP/s; {where}")
+    _guard(body)
+
+
+tokenizer_app = typer.Typer(no_args_is_help=True, help="Tokenizers for pretraining from scratch.")
+app.add_typer(tokenizer_app, name="tokenizer")
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(
+    corpus: List[Path] = typer.Argument(..., help="Corpus files: .txt (a text per line), .csv/.tsv/.jsonl/.json/"
+                                        ".parquet records, datasets folders, folders or globs of text files."),
+    out: Path = typer.Option(..., "--out", help="Output directory; AutoTokenizer.from_pretrained(DIR) loads it."),
+    type_: str = typer.Option("bpe", "--type", help="bpe (byte-level, GPT-2) | wordpiece (BERT) | unigram "
+                              "(SentencePiece, byte fallback) | char (one token per character, nanoGPT)."),
+    vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="Vocabulary size incl. special tokens "
+                                             "[default: 8000; not for char]."),
+    min_frequency: Optional[int] = typer.Option(None, "--min-frequency", help="Minimum count of a merge "
+                                                "(bpe/wordpiece, default 2) or a character (char, default 1)."),
+    special_token: Optional[List[str]] = typer.Option(None, "--special-token", help="A special token (repeat the "
+                                                      "option); replaces the per-type defaults."),
+    lowercase: bool = typer.Option(False, "--lowercase", help="Lowercase all text (stored in the tokenizer)."),
+    normalization: str = typer.Option("none", "--normalization", help="Unicode normalisation: none | nfc | nfkc."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="model_max_length [default: 1024]."),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="Column of record files holding the "
+                                              "text [default: text; chat records are recognised]."),
+    whole_files: bool = typer.Option(False, "--whole-files", help="A .txt file is one text (newlines kept), not "
+                                     "one text per line; use it for char."),
+):
+    """Train a bpe, wordpiece, unigram or char tokenizer on a corpus and save it for transformers."""
+    def body():
+        from tuneforge.models.tokenizer_train import INFO_FILE, config_from_options, corpus_texts, train_tokenizer
+
+        cfg = config_from_options(type=type_, vocab_size=vocab_size, min_frequency=min_frequency,
+                                  special_tokens=special_token or None, lowercase=lowercase,
+                                  normalization=normalization, max_length=max_length)
+        with _row_counter("training tokenizer") as tick:
+            texts = corpus_texts(corpus, text_column=text_column, whole_files=whole_files, progress=tick)
+            train_tokenizer(texts, cfg, out)
+        import json
+
+        info = json.loads((out / INFO_FILE).read_text(encoding="utf-8"))
+        stats = info["corpus"]
+        print(f"{cfg.type} tokenizer: vocabulary {info['vocab_size']:,}, {stats['texts']:,} texts, "
+              f"{stats['characters']:,} characters, {info['seconds']:.1f}s; saved to {out}")
+        if texts.rejected:
+            print(f"skipped {texts.rejected:,} rejected rows (first: {texts.rejected_examples[0]})")
+    _guard(body)
+
+
 def main() -> None:
     app()
 

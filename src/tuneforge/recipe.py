@@ -25,8 +25,10 @@ from tuneforge.data.sources import SourceConfig, SourceFormat
 from tuneforge.data.split import SplitConfig
 from tuneforge.models.methods import (METHOD_SECTIONS, AdapterConfig, IA3Config, LoraConfig, MethodName,
                                       PrefixTuningConfig, PromptTuningConfig)
+from tuneforge.models.scratch import FAMILY_TASKS, ArchitectureConfig
 from tuneforge.sections import Section
 from tuneforge.tasks.causal_lm import CausalLMConfig
+from tuneforge.tasks.masked_lm import MaskedLMConfig
 from tuneforge.tasks.seq2seq import Seq2SeqConfig
 
 # Per task: the metrics a run can select its best checkpoint / stop early on, and whether bigger is
@@ -44,10 +46,11 @@ TASK_METRICS: dict[str, dict[str, str]] = {
                   "chrf": "max", "rougeL": "max"},
     "extractive_qa": {"f1": "max", "exact_match": "max", "loss": "min"},
     "seq2seq": {"bleu": "max", "chrf": "max", "rougeL": "max", "rouge1": "max", "rouge2": "max", "loss": "min"},
+    "masked_lm": {"loss": "min", "perplexity": "min", "masked_accuracy": "max"},
 }
 TASKS = tuple(TASK_METRICS)
 #: Recipe sections holding one task's own settings, named like the task.
-TASK_SECTIONS = ("classification", "causal_lm", "extractive_qa", "seq2seq")
+TASK_SECTIONS = ("classification", "causal_lm", "extractive_qa", "seq2seq", "masked_lm")
 _SINGLE_LABEL_ONLY = {"accuracy", "macro_precision", "macro_recall"}
 _MULTI_LABEL_ONLY = {"micro_f1", "micro_precision", "micro_recall", "subset_accuracy"}
 
@@ -67,6 +70,29 @@ class ModelSection(Section):
         False, description="Run Python code shipped with a Hub model. Off unless you trust the repository."
     )
     max_length: int = Field(128, ge=8, le=8192, description="Truncate inputs to this many tokens.")
+    architecture: ArchitectureConfig | None = Field(
+        None, description="Train from scratch: a randomly initialised transformer of this family and size "
+        "(then model.name is not used, and model.tokenizer is required)."
+    )
+    tokenizer: str | None = Field(
+        None, description="With architecture: the tokenizer, a directory from `tuneforge tokenizer train` or a model "
+        "name/alias whose tokenizer to reuse."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelSection":
+        if self.architecture is None:
+            if self.tokenizer is not None:
+                raise ValueError("model.tokenizer only applies with model.architecture (training from scratch); "
+                                 "a pretrained model uses its own tokenizer")
+            return self
+        if "name" in self.model_fields_set:
+            raise ValueError("model.name and model.architecture exclude each other: name loads pretrained weights, "
+                             "architecture builds a random model")
+        if self.tokenizer is None:
+            raise ValueError("model.architecture needs model.tokenizer (a directory from `tuneforge tokenizer "
+                             "train`, or a model whose tokenizer to reuse)")
+        return self
 
 
 class DataSection(Section):
@@ -248,12 +274,13 @@ class Recipe(Section):
     seed: int = Field(42, description="Seed for the split, initialisation, data order and dropout.")
     output_dir: Path = Field(Path("runs"), description="Parent folder of run directories.")
     task: Literal["classification", "regression", "token_classification", "causal_lm", "extractive_qa",
-                  "seq2seq"] = Field(
+                  "seq2seq", "masked_lm"] = Field(
         "classification", description="Task head. classification: single-label sequence classification; "
         "regression: one real value per text (MSE); token_classification: a tag per word (NER, IOB2); "
-        "causal_lm: instruction/chat tuning of a decoder (loss on the replies); "
-        "extractive_qa: the answer span in a context (SQuAD; data.format squad); "
-        "seq2seq: translation or summarisation with an encoder-decoder (data.sources format parallel)."
+        "causal_lm: instruction/chat tuning of a decoder (loss on the replies), or causal-LM pretraining on "
+        "text; extractive_qa: the answer span in a context (SQuAD; data.format squad); "
+        "seq2seq: translation or summarisation with an encoder-decoder (data.sources format parallel); "
+        "masked_lm: BERT-style masked-LM pretraining or domain adaptation on text."
     )
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection
@@ -278,11 +305,21 @@ class Recipe(Section):
                                     description="Settings of task extractive_qa (context windows, answer picking).")
     seq2seq: Seq2SeqConfig = Field(default_factory=Seq2SeqConfig,
                                    description="Settings of task seq2seq (source prefix, target length, generation).")
+    masked_lm: MaskedLMConfig = Field(default_factory=MaskedLMConfig,
+                                      description="Settings of task masked_lm (masking rates).")
     train: TrainSection = Field(default_factory=TrainSection)
     export: ExportSection = Field(default_factory=ExportSection)
 
     @model_validator(mode="after")
     def _check(self) -> "Recipe":
+        arch = self.model.architecture
+        if arch is not None:
+            if self.task not in FAMILY_TASKS[arch.family]:
+                raise ValueError(f"model.architecture.family {arch.family} cannot do task {self.task}; it does: "
+                                 f"{', '.join(FAMILY_TASKS[arch.family])}")
+            if self.method != "full":
+                raise ValueError(f"method {self.method} trains a few weights on top of pretrained ones, but "
+                                 "model.architecture starts from random weights: use method: full")
         allowed = dict(TASK_METRICS[self.task])
         if self.task == "classification":
             wrong = _SINGLE_LABEL_ONLY if self.classification.multi_label else _MULTI_LABEL_ONLY

@@ -60,7 +60,9 @@ def shard(batch: list[int], rank: int, world_size: int) -> list[int]:
 #: (multi-label); ``tokens`` an int per input token, -100 = ignored (NER); ``causal`` like tokens but
 #: the model predicts token t+1 at position t (causal LM); ``target`` a decoder target sequence of its
 #: own length (seq2seq); ``span`` a (start, end) token pair (extractive QA).
-LABEL_KINDS = ("class", "value", "multi", "tokens", "causal", "target", "span")
+#: ``mlm`` masked LM: ``labels`` unused (the original ids are the targets), ``Encoded.masking`` picks
+#: the predicted positions when a batch is built (``tuneforge.data.masking``).
+LABEL_KINDS = ("class", "value", "multi", "tokens", "causal", "target", "span", "mlm")
 IGNORE = -100
 
 
@@ -76,6 +78,8 @@ class Encoded:
     extra: dict[str, list] = field(default_factory=dict)
     #: Per-example data that is not a model input (e.g. NER word ids, to map predictions back to words).
     meta: dict[str, list] = field(default_factory=dict)
+    #: label kind ``mlm``: how inputs are masked (a ``tuneforge.data.masking.MaskingSpec``).
+    masking: object = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -93,14 +97,25 @@ class Encoded:
             return [sum(1 for t in labels if t != IGNORE) for labels in self.labels]
         if self.label_kind == "causal":  # position 0 predicts nothing: its label is never used
             return [sum(1 for t in labels[1:] if t != IGNORE) for labels in self.labels]
+        if self.label_kind == "mlm":
+            return [self.masking.targets(ids) for ids in self.input_ids]
         return [1] * len(self.labels)
 
 
-def collate(encoded: Encoded, indices: list[int], pad_id: int, pad_to_multiple_of: int | None = None) -> dict:
-    """Pad a batch to its own longest sequence (dynamic padding) and return torch tensors."""
+def collate(encoded: Encoded, indices: list[int], pad_id: int, pad_to_multiple_of: int | None = None,
+            epoch: int | None = None) -> dict:
+    """Pad a batch to its own longest sequence (dynamic padding) and return torch tensors.
+
+    ``epoch`` only matters for masked LM: training passes it so every epoch masks afresh; evaluation
+    leaves it None for the one fixed validation masking."""
     import torch
 
     seqs = [encoded.input_ids[i] for i in indices]
+    if encoded.label_kind == "mlm":
+        from tuneforge.data.masking import mask_tokens
+
+        masked = [mask_tokens(seqs[k], encoded.masking, i, epoch) for k, i in enumerate(indices)]
+        seqs = [inputs for inputs, _ in masked]
     width = max(len(s) for s in seqs)
     if pad_to_multiple_of:
         width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
@@ -115,6 +130,8 @@ def collate(encoded: Encoded, indices: list[int], pad_id: int, pad_to_multiple_o
         out["labels"] = torch.tensor(labels, dtype=torch.float32)
     elif kind in ("tokens", "causal"):
         out["labels"] = _pad(labels, width, IGNORE)
+    elif kind == "mlm":
+        out["labels"] = _pad([targets for _, targets in masked], width, IGNORE)
     elif kind == "target":
         out["labels"] = _pad(labels, max(len(t) for t in labels), IGNORE)
     elif kind == "span":

@@ -72,12 +72,20 @@ class ChatFormatConfig(Section):
         "(listed in rejected.jsonl with its length).",
     )
     packing: bool = Field(
-        False, description="Pack several examples into each max_length sequence (causal-LM only)."
+        False, description="Pack several examples into each max_length sequence (causal and masked LM)."
     )
-    packing_strategy: Literal["ffd", "greedy"] = Field(
+    packing_strategy: Literal["ffd", "greedy", "stream"] = Field(
         "ffd",
         description="How examples are packed: 'ffd' = longest first into the first sequence with room (fullest "
-        "sequences); 'greedy' = in data order, a new sequence when the next example does not fit.",
+        "sequences); 'greedy' = in data order, a new sequence when the next example does not fit (both keep "
+        "documents whole, position ids restart per document); 'stream' = pretraining: every example's tokens "
+        "in data order as one stream cut into max_length blocks, documents running across block edges "
+        "(causal LM: blocks overlap by one token, so every token is predicted once with up to max_length - 1 "
+        "tokens of context).",
+    )
+    document_separator: str = Field(
+        "", description="Text appended to every text row before tokenizing, e.g. '\\n\\n' to put back the "
+        "blank line between paragraphs read with text_unit: paragraph."
     )
     add_eos: bool = Field(
         True,
@@ -304,7 +312,8 @@ def _format_untruncated(
             raise DataError(f"{row.origin}: chat rows need a chat template ({SECTION_KEY}.template)")
         return format_chat(row.data["messages"], tokenizer, template, config.train_on, origin=row.origin)
     if row.kind == "text":
-        return format_text(row.data["text"], tokenizer, add_eos=config.add_eos, origin=row.origin)
+        return format_text(row.data["text"] + config.document_separator, tokenizer, add_eos=config.add_eos,
+                           origin=row.origin)
     if row.kind == "pair":
         text = row.data["source"] + config.pair_separator + row.data["target"]
         return format_text(text, tokenizer, add_eos=config.add_eos, origin=row.origin)

@@ -196,6 +196,30 @@ def pack_with_stats(
     return packed, stats
 
 
+def stream_blocks(docs: Iterable[Sequence[int]], block_length: int, *, overlap: int = 1,
+                  min_length: int = 2) -> list[list[int]]:
+    """Pretraining blocks: every document's ids concatenated into one stream, cut into ``block_length``
+    pieces that overlap by ``overlap`` tokens (no padding, documents run across block edges).
+
+    A causal LM predicts token t from the tokens before it, so a block's first token is never a
+    target; an overlap of 1 makes every stream token after the first a target exactly once, with
+    ``block_length - 1`` tokens of context at most (nanoGPT's ``block_size``). Masked LM uses
+    ``overlap=0``. The last, shorter block is kept if it has ``min_length`` tokens.
+    """
+    if not 0 <= overlap < block_length:
+        raise ValueError(f"need 0 <= overlap < block_length, got overlap {overlap}, block_length {block_length}")
+    stream: list[int] = []
+    for ids in docs:
+        stream.extend(ids)
+    step = block_length - overlap
+    blocks = []
+    for start in range(0, max(len(stream) - overlap, 0), step):
+        piece = stream[start:start + block_length]
+        if len(piece) >= min_length:
+            blocks.append(piece)
+    return blocks
+
+
 def packed_to_columns(packed: Iterable[PackedSequence]) -> dict[str, list]:
     """Column dict for ``datasets.Dataset.from_dict`` / the token cache."""
     cols: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": [], "seq_lens": []}

@@ -142,7 +142,7 @@ def prepare_dataset(data_cfg, *, seed: int, out_dir: Path, base_dir: Path | None
             groups=groups if split_cfg.grouped and any(g is not None for g in groups) else None,
             validation_fraction=0.0 if "validation" in given else split_cfg.validation_fraction,
             test_fraction=0.0 if "test" in given else split_cfg.test_fraction,
-            seed=seed,
+            seed=seed, sequential=split_cfg.order == "sequential",
         )
         where = {i: "validation" for i in parts.validation}
         where.update({i: "test" for i in parts.test})

@@ -108,10 +108,15 @@ def encode_cached(tokenizer, data: PreparedData, split: str, recipe, spec, cache
 
     ds = TokenCache(cache_root).get_or_build(key, build, meta={"split": split, "file": str(path)})
     cols = {name: ds[name] for name in ds.column_names}
+    masking = None
+    if spec.label_kind == "mlm":  # masking happens per batch; only its settings travel with the tokens
+        from tuneforge.tasks.masked_lm import masking_spec
+
+        masking = masking_spec(tokenizer, recipe)
     return Encoded(input_ids=[list(x) for x in cols.pop("input_ids")], labels=_plain(cols.pop("labels")),
                    label_kind=spec.label_kind,
                    extra={k[6:]: _plain(v) for k, v in cols.items() if k.startswith("extra.")},
-                   meta={k[5:]: _plain(v) for k, v in cols.items() if k.startswith("meta.")})
+                   meta={k[5:]: _plain(v) for k, v in cols.items() if k.startswith("meta.")}, masking=masking)
 
 
 def _task_settings(recipe) -> dict:

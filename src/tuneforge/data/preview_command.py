@@ -20,12 +20,11 @@ from tuneforge.data.templates import resolve_template
 def print_preview(recipe, prepared: PreparedDataset, n: int, *, color: bool | None = None) -> None:
     from rich.console import Console
 
-    from tuneforge.models.build import load_tokenizer
-    from tuneforge.models.resolve import resolve_model
+    from tuneforge.models.build import load_tokenizer, resolve_recipe_model
 
     console = Console(highlight=False, soft_wrap=True)
     color = sys.stdout.isatty() if color is None else color
-    resolved = resolve_model(recipe.model.name, allow_pickle=recipe.model.allow_pickle, require_weights=False)
+    resolved = resolve_recipe_model(recipe.model, require_weights=False)
     tokenizer = load_tokenizer(resolved, recipe.model.trust_remote_code)
     rows = [row_from_output(r) for r in prepared.rows("train")[:n]]
     fmt = recipe.data.formatting

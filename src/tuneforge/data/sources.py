@@ -140,8 +140,9 @@ class SourceConfig(Section):
     )
     conll_token_column: int = Field(0, description="conll only: whitespace-separated column of the token.")
     conll_tag_column: int = Field(-1, description="conll only: column of the tag (negative counts from the end).")
-    text_unit: Literal["line", "file"] = Field(
-        "line", description="text only: one row per non-blank line, or the whole file as one row."
+    text_unit: Literal["line", "paragraph", "file"] = Field(
+        "line", description="text only: one row per non-blank line, per paragraph (lines up to a blank line, "
+        "joined with newlines: speeches, documents), or the whole file as one row."
     )
     instruction_column: str = Field(
         "instruction", min_length=1, description="alpaca only: the column holding the prompt (e.g. question)."

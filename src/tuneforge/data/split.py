@@ -20,7 +20,7 @@ import math
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from fractions import Fraction
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -56,6 +56,12 @@ class SplitConfig(Section):
         True,
         description="Never put two rows with the same group key (a source's group_column) in different "
         "splits. No effect when no source sets group_column.",
+    )
+    order: Literal["random", "sequential"] = Field(
+        "random",
+        description="random: a seeded (stratified, grouped) draw. sequential: in data order, the first rows train, "
+        "the next validate, the last test, like nanoGPT's 90/10 cut of a corpus: held-out text then follows "
+        "the training text instead of sitting between its neighbours (no stratification, no grouping).",
     )
 
     @model_validator(mode="after")
@@ -96,6 +102,7 @@ def split_rows(
     parts = split_indices(
         len(rows), labels=labels, groups=groups, seed=seed,
         validation_fraction=cfg.validation_fraction, test_fraction=cfg.test_fraction,
+        sequential=cfg.order == "sequential",
     )
     return tuple([rows[i] for i in part] for part in parts)  # type: ignore[return-value]
 
@@ -108,6 +115,7 @@ def split_indices(
     validation_fraction: float,
     test_fraction: float,
     seed: int,
+    sequential: bool = False,
 ) -> SplitIndices:
     """Split ``range(n)`` into train/validation/test.
 
@@ -147,6 +155,9 @@ def split_indices(
                                          validation_fraction, test_fraction))
 
     sizes = _split_sizes(n, fractions)
+    if sequential:
+        cut1, cut2 = sizes[0], sizes[0] + sizes[1]
+        return SplitIndices(list(range(cut1)), list(range(cut1, cut2)), list(range(cut2, n)))
     rng = np.random.default_rng(seed)
     if group_ids is None or n_groups == n:  # no group has two rows: the exact row-level split
         assignment = _assign_rows(labels, sizes, rng)

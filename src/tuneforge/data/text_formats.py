@@ -138,11 +138,40 @@ def reject(path: Path, line: int, reason: str, raw: str) -> RejectedRow:
 
 
 def read_text(path: Path, name: str, unit: str = "line") -> Iterator[Item]:
-    """One unlabeled ``text`` row per non-blank line, or (``unit="file"``) one for the file."""
+    """One unlabeled ``text`` row per non-blank line, per paragraph (``unit="paragraph"``: lines
+    up to a blank line, joined with newlines), or (``unit="file"``) one for the file."""
     check_text_file(path)
     if unit == "file":
         return iter([_whole_file_row(path, name)])
+    if unit == "paragraph":
+        return _text_paragraphs(path, name)
     return _text_lines(path, name)
+
+
+def _text_paragraphs(path: Path, name: str) -> Iterator[Item]:
+    found = False
+    lines: list[Line] = []
+
+    def paragraph() -> Item:
+        bad = next((line for line in lines if line.text is None), None)
+        if bad is not None:
+            return reject(path, bad.number, bad.reason or UNDECODABLE, bad.raw)
+        text = "\n".join(line.text for line in lines)  # type: ignore[misc]
+        return make_row("text", {"text": text, "label": None, "group": None}, path, lines[0].number, name)
+
+    for line in decoded_lines(path):
+        if _blank(line):
+            if lines:
+                found = True
+                yield paragraph()
+                lines = []
+            continue
+        lines.append(line)
+    if lines:
+        found = True
+        yield paragraph()
+    if not found:
+        raise no_records(path)
 
 
 def _text_lines(path: Path, name: str) -> Iterator[Item]:

@@ -48,6 +48,7 @@ METRIC_DIRECTIONS: dict[str, str] = {
     "final_number_accuracy": "max",
     "answered": "max",
     "perplexity": "min",
+    "masked_accuracy": "max",
 }
 
 

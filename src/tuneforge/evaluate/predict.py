@@ -70,12 +70,12 @@ def _per_example(out, encoded: Encoded, indices: list[int]) -> list:
     if encoded.label_kind == "span":
         both = torch.stack([out.start_logits.float(), out.end_logits.float()], dim=-1).cpu()  # [n, len, 2]
         return [both[k, : len(encoded.input_ids[i])] for k, i in enumerate(indices)]
-    if encoded.label_kind in ("causal", "target"):
+    if encoded.label_kind in ("causal", "target", "mlm"):
         # A vocabulary-wide row per token for a whole validation set is gigabytes; keep what evaluation
         # and export verification use: the top logit and its token id, as [len, 2].
         top = out.logits.float().max(dim=-1)
         both = torch.stack([top.values, top.indices.float()], dim=-1).cpu()
-        if encoded.label_kind == "causal":
+        if encoded.label_kind in ("causal", "mlm"):
             width = max(len(encoded.input_ids[i]) for i in indices)
             both = both[:, -width:]
             return [both[k, : len(encoded.input_ids[i])] for k, i in enumerate(indices)]

@@ -22,8 +22,7 @@ def run_export(cfg: ExportConfig) -> Path:
     from tuneforge.evaluate.predict import predict
     from tuneforge.export.card import write_model_card
     from tuneforge.export.merge import export_model, verify_export
-    from tuneforge.models.build import build_model, load_tokenizer
-    from tuneforge.models.resolve import resolve_model
+    from tuneforge.models.build import build_model, load_tokenizer, resolve_recipe_model
     from tuneforge.recipe import load_recipe, recipe_to_yaml
     from tuneforge.tasks import spec_for
     from tuneforge.train.checkpoint import load_best
@@ -34,7 +33,7 @@ def run_export(cfg: ExportConfig) -> Path:
     if not (cfg.run_dir / "data" / "prepared.json").exists():
         raise TuneforgeError(f"{cfg.run_dir}: no prepared data (data/prepared.json); train the run first")
     data = load_prepared(cfg.run_dir / "data")  # exactly the rows the run trained and validated on
-    resolved = resolve_model(recipe.model.name, allow_pickle=recipe.model.allow_pickle)
+    resolved = resolve_recipe_model(recipe.model)
     tokenizer = load_tokenizer(resolved, recipe.model.trust_remote_code)
     spec = spec_for(recipe)
     model, params = build_model(recipe, resolved, spec, data.label_names, tokenizer.pad_token_id, tokenizer)

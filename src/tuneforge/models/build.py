@@ -29,6 +29,26 @@ def count_parameters(model) -> ParamCount:
     return ParamCount(trainable, total)
 
 
+def resolve_recipe_model(model_section, *, require_weights: bool = True) -> ResolvedModel:
+    """Where a recipe's model (and tokenizer) comes from. With ``model.architecture`` there are no weights:
+    the path is the tokenizer's directory and ``build_model`` initialises the model at random."""
+    from pathlib import Path
+
+    from tuneforge.models.resolve import resolve_model
+
+    if model_section.architecture is None:
+        return resolve_model(model_section.name, allow_pickle=model_section.allow_pickle,
+                             require_weights=require_weights)
+    given = Path(model_section.tokenizer).expanduser()
+    if given.is_dir() and any((given / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        path = given.resolve()
+    else:
+        path = resolve_model(model_section.tokenizer, allow_pickle=model_section.allow_pickle,
+                             require_weights=False).path
+    return ResolvedModel(f"{model_section.architecture.family} from scratch", path, "scratch", "none",
+                         has_weights=False)
+
+
 def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -114,9 +134,13 @@ def build_model(recipe, resolved: ResolvedModel, spec, label_names: list[str] | 
     """The model a recipe trains, with its parameter count."""
     from tuneforge.models.methods import METHOD_SECTIONS, apply_method
 
-    model = load_task_model(
-        resolved, spec, label_names, trust_remote_code=recipe.model.trust_remote_code, pad_token_id=pad_token_id
-    )
+    if recipe.model.architecture is not None:
+        from tuneforge.models.scratch import scratch_model
+
+        model = scratch_model(recipe.model.architecture, spec, tokenizer, recipe.model.max_length, label_names)
+    else:
+        model = load_task_model(resolved, spec, label_names, trust_remote_code=recipe.model.trust_remote_code,
+                                pad_token_id=pad_token_id)
     if recipe.method == "full":
         apply_freeze(model, recipe.freeze)
     else:

@@ -43,7 +43,8 @@ from tuneforge.errors import TuneforgeError
 from tuneforge.sections import Section
 
 MethodName = Literal["full", "head_only", "lora", "dora", "ia3", "prefix", "prompt", "adapter"]
-TaskType = Literal["classification", "regression", "token_classification", "causal_lm", "seq2seq", "extractive_qa"]
+TaskType = Literal["classification", "regression", "token_classification", "causal_lm", "seq2seq", "extractive_qa",
+                   "masked_lm"]
 ExportKind = Literal["plain", "merged", "peft_prompt", "bottleneck_adapters"]
 
 METHODS: tuple[str, ...] = get_args(MethodName)
@@ -67,6 +68,8 @@ _UNSUPPORTED = {
     "longer line up one-to-one with the per-token labels",
     ("prompt", "extractive_qa"): "prompt tuning prepends virtual tokens to the input, so the answer start/end "
     "positions would point num_virtual_tokens too early",
+    ("prompt", "masked_lm"): "peft has no masked-LM prompt-learning model (no task type for it)",
+    ("prefix", "masked_lm"): "peft has no masked-LM prompt-learning model (no task type for it)",
 }
 
 # ----------------------------------------------------------------------------------------- configs
@@ -369,7 +372,8 @@ def _peft_config(model, method: str, cfg: MethodConfig, task_type: str, heads: l
     """The PEFT config for ``method``, and the recipe key to name when PEFT rejects it."""
     import peft
 
-    task = getattr(peft.TaskType, _PEFT_TASK[task_type])
+    # masked LM has no peft task type: the plain PeftModel wraps it (LoRA, DoRA, IA3 need nothing more)
+    task = getattr(peft.TaskType, _PEFT_TASK[task_type]) if task_type in _PEFT_TASK else None
     # None, not []: PEFT adds its own default head names for SEQ_CLS/TOKEN_CLS/QA to whatever we pass.
     save = heads or None
     if method in ("lora", "dora"):

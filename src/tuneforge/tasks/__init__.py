@@ -22,6 +22,8 @@ def get_task(name: str) -> TaskSpec:
         from tuneforge.tasks.seq2seq import SPEC
     elif name == "extractive_qa":
         from tuneforge.tasks.extractive_qa import SPEC
+    elif name == "masked_lm":
+        from tuneforge.tasks.masked_lm import SPEC
     else:
         raise ValueError(f"unknown task {name!r}")
     return SPEC

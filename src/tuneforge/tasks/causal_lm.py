@@ -72,19 +72,35 @@ def encode(records: list[dict], tokenizer, recipe, names: list[str] | None):
 
     rows = [row_from_output(as_chat(r, recipe.causal_lm.pair_prompt)) for r in records]
     template, fmt = _template(tokenizer, recipe, rows), _format_config(recipe)
-    ids, labels, rejected = [], [], []
+    # Packed examples are cut by the packer (a long document spans sequences), not one by one.
+    row_fmt = fmt.model_copy(update={"max_length": None}) if fmt.packing else fmt
+    examples, rejected = [], []
     for row in rows:
-        out = format_row(row, tokenizer, fmt, template=template)
-        if isinstance(out, RejectedRow):
-            rejected.append(out)
-            continue
-        ids.append(out.input_ids)
-        labels.append(out.labels)
+        out = format_row(row, tokenizer, row_fmt, template=template)
+        (rejected if isinstance(out, RejectedRow) else examples).append(out)
     if rejected and len(rejected) > recipe.data.max_rejected_fraction * len(rows):
         first = rejected[0]
         raise DataError(f"{len(rejected)} of {len(rows)} rows cannot be trained on after formatting (more than "
                         f"data.max_rejected_fraction); first: {first.file}:{first.line}: {first.reason}")
-    return Encoded(input_ids=ids, labels=labels, label_kind="causal")
+    if fmt.packing:
+        return packed_encoded(examples, fmt)
+    return Encoded(input_ids=[e.input_ids for e in examples], labels=[e.labels for e in examples],
+                   label_kind="causal")
+
+
+def packed_encoded(examples, fmt):
+    """Causal-LM examples packed per ``data.formatting`` (``packing_strategy``, ``max_length``)."""
+    from tuneforge.data.batching import Encoded
+    from tuneforge.data.packing import pack_examples, stream_blocks
+
+    if fmt.packing_strategy == "stream":
+        # labels are cut at the same places as the ids, so chat loss masks survive streaming
+        ids = stream_blocks((e.input_ids for e in examples), fmt.max_length, overlap=1)
+        labels = stream_blocks((e.labels for e in examples), fmt.max_length, overlap=1)
+        return Encoded(input_ids=ids, labels=labels, label_kind="causal")
+    packed = pack_examples(examples, fmt.max_length, strategy=fmt.packing_strategy)
+    return Encoded(input_ids=[p.input_ids for p in packed], labels=[p.labels for p in packed], label_kind="causal",
+                   extra={"position_ids": [p.position_ids for p in packed]})
 
 
 def as_chat(record: dict, pair_prompt: str | None) -> dict:
@@ -134,8 +150,8 @@ def compare_with_base(model, recipe, load_base, score) -> dict | None:
     PEFT methods only add weights, so disabling the adapter *is* the base model; for full, head_only
     and bottleneck adapters the pretrained weights are loaded again (``load_base()``).
     """
-    if not recipe.causal_lm.compare_with_base:
-        return None
+    if not recipe.causal_lm.compare_with_base or recipe.model.architecture is not None:
+        return None  # a model trained from scratch has no base to compare with
     if recipe.method in ("lora", "dora", "ia3", "prefix", "prompt") and hasattr(model, "disable_adapter"):
         with model.disable_adapter():
             return score(model)

@@ -16,6 +16,7 @@ from typing import Callable
 from tuneforge.data.batching import Encoded, collate, length_grouped_batches, shard
 from tuneforge.evaluate.metrics import metric_is_better
 from tuneforge.train.checkpoint import TrainState, save_best, save_last
+from tuneforge.train.flops import efficiency_for_run, tokens_per_example
 from tuneforge.train.progress import TrainProgress
 from tuneforge.train.losses import forward_loss_sum
 from tuneforge.train.steps import Throughput, accumulation_windows, check_finite, step_loss_scale
@@ -57,7 +58,7 @@ def train_loop(inp: LoopInputs, state: TrainState) -> TrainState:
     """Run optimizer steps until ``total_steps``, early stopping, or ``halt_after_steps``; return the state."""
     acc, model, cfg = inp.accelerator, inp.model, inp.cfg
     rank, world = acc.process_index, acc.num_processes
-    lengths = inp.train.lengths
+    lengths = tokens_per_example(inp.train)  # real tokens the model processes (no padding)
     weights = inp.train.weights  # loss denominator per example: 1, or its number of trained tokens
     kind = inp.train.label_kind
     eval_every = cfg.eval_every_steps or inp.steps_per_epoch
@@ -66,6 +67,10 @@ def train_loop(inp: LoopInputs, state: TrainState) -> TrainState:
     model.train()
     progress = TrainProgress(inp.total_steps, state.global_step, enabled=acc.is_main_process,
                              log_every=cfg.log_every_steps)
+    # Model FLOPs per token (train/flops.py) once; the matmul peak from the cache, never measured here.
+    efficiency, note = efficiency_for_run(acc.unwrap_model(model), inp.train, acc.device.type, inp.precision, world)
+    if note:
+        progress.message(note)
     with progress:
         while state.global_step < inp.total_steps and not state.finished:
             batches = _epoch_batches(inp, state.epoch, world)
@@ -76,7 +81,7 @@ def train_loop(inp: LoopInputs, state: TrainState) -> TrainState:
                 scale = step_loss_scale(sum(weights[j] for b in window for j in b), world)
                 local_loss = 0.0
                 for i, global_batch in enumerate(window):
-                    batch = collate(inp.train, shard(global_batch, rank, world), inp.pad_id)
+                    batch = collate(inp.train, shard(global_batch, rank, world), inp.pad_id, epoch=state.epoch)
                     batch = {k: v.to(acc.device, non_blocking=True) for k, v in batch.items()}
                     # Only the last micro-batch of a step all-reduces gradients; the others accumulate locally.
                     sync = contextlib.nullcontext() if i == len(window) - 1 else acc.no_sync(model)
@@ -99,12 +104,15 @@ def train_loop(inp: LoopInputs, state: TrainState) -> TrainState:
                 meter.update(tokens, sum(len(b) for b in window))
                 running.append(step_loss)
                 tok_s, ex_s = meter.rates()
-                progress.update(state.global_step, step_loss, lr, tok_s)
+                tflops, mfu = efficiency.rates(tok_s)
+                progress.update(state.global_step, step_loss, lr, tok_s, mfu=mfu, tflops=tflops)
                 if state.global_step % cfg.log_every_steps == 0:
                     _log(inp, {"kind": "train", "step": state.global_step,
                                "epoch": round(state.epoch + state.batches_done_in_epoch / max(len(batches), 1), 4),
                                "loss": sum(running) / len(running), "lr": lr,
-                               "tokens_per_s": round(tok_s, 1), "examples_per_s": round(ex_s, 2)})
+                               "tokens_per_s": round(tok_s, 1), "examples_per_s": round(ex_s, 2),
+                               "tflops": float(f"{tflops:.4g}"),
+                               **({"mfu": round(mfu, 4)} if mfu is not None else {})})
                     running.clear()
                 last_step = state.global_step >= inp.total_steps
                 if state.global_step % eval_every == 0 or last_step:

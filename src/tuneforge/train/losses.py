@@ -40,7 +40,7 @@ def forward_loss_sum(model, batch: dict, kind: str):
         # mean over labels per example, summed over examples: one example weighs 1 like in "class"
         per_label = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
         return per_label.mean(dim=-1).sum(), out
-    if kind == "tokens":
+    if kind in ("tokens", "mlm"):
         logits = logits[:, -labels.size(1):]  # prompt/prefix methods prepend virtual positions
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE,
                                reduction="sum"), out

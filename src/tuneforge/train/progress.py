@@ -28,12 +28,13 @@ class TrainProgress:
 
             self._progress = Progress(
                 TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s"),
+                TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s  "
+                           "{task.fields[eff]}"),
                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                 console=self.console, transient=False,
             )
             self._task = self._progress.add_task("train", total=total_steps, completed=start_step,
-                                                 loss="-", lr="-", tps="-")
+                                                 loss="-", lr="-", tps="-", eff="")
 
     def __enter__(self):
         if self._progress is not None:
@@ -44,17 +45,22 @@ class TrainProgress:
         if self._progress is not None:
             self._progress.__exit__(*exc)
 
-    def update(self, step: int, loss: float, lr: float, tokens_per_s: float) -> None:
+    def update(self, step: int, loss: float, lr: float, tokens_per_s: float, mfu: float | None = None,
+               tflops: float | None = None) -> None:
         if not self.enabled:
             return
+        # "MFU 23%" against the cached matmul peak; the achieved model TFLOP/s when no peak is cached
+        eff = "" if not tokens_per_s else (f"MFU {100 * mfu:.3g}%" if mfu is not None
+                                           else f"{tflops:.3g} TFLOP/s" if tflops is not None else "")
         if self._progress is not None:
             self._progress.update(self._task, completed=step, loss=f"{loss:.4f}", lr=f"{lr:.2e}",
-                                  tps=f"{tokens_per_s:,.0f}")
+                                  tps=f"{tokens_per_s:,.0f}", eff=eff)
         elif step % self.log_every == 0 or step == self.total:
             done = step - self._start_step
             elapsed = time.perf_counter() - self._start
             eta = elapsed / done * (self.total - step) if done else 0.0
-            print(f"step {step}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  {tokens_per_s:,.0f} tok/s  "
+            eff = f"{eff}  " if eff else ""
+            print(f"step {step}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  {tokens_per_s:,.0f} tok/s  {eff}"
                   f"elapsed {elapsed:.0f}s  eta {eta:.0f}s", file=sys.stderr, flush=True)
 
     def message(self, text: str) -> None:

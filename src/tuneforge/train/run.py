@@ -118,8 +118,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
     from accelerate.utils import gather_object, set_seed
 
     from tuneforge.data.prepare import encode_cached, load_prepared, prepare_task_data
-    from tuneforge.models.build import build_model, load_tokenizer
-    from tuneforge.models.resolve import resolve_model
+    from tuneforge.models.build import build_model, load_tokenizer, resolve_recipe_model
     from tuneforge.train.checkpoint import TrainState, load_last
     from tuneforge.train.loop import LoopInputs, train_loop
     from tuneforge.train.manifest import build_manifest
@@ -149,13 +148,13 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
     say(f"data: {len(data.records['train']):,} train / {len(data.records['validation']):,} validation rows{labels}; "
         f"{data.rejected_rows} rejected or removed (see {data_dir / 'data_report.md'})")
 
-    resolved = resolve_model(recipe.model.name, allow_pickle=recipe.model.allow_pickle)
+    resolved = resolve_recipe_model(recipe.model)
     set_seed(recipe.seed)
     tokenizer = load_tokenizer(resolved, recipe.model.trust_remote_code)
     train_enc = encode_cached(tokenizer, data, "train", recipe, spec)
     val_enc = encode_cached(tokenizer, data, "validation", recipe, spec)
     model, params = build_model(recipe, resolved, spec, data.label_names, tokenizer.pad_token_id, tokenizer)
-    say(f"model: {recipe.model.name} ({resolved.source}: {resolved.path}); method {recipe.method}; {params}")
+    say(f"model: {resolved.name} ({resolved.source}: {resolved.path}); method {recipe.method}; {params}")
 
     cfg = recipe.train
     batches_per_epoch = math.ceil(len(train_enc) / cfg.batch_size)
