@@ -283,7 +283,8 @@ def tokenizer_train(
 
         info = json.loads((out / INFO_FILE).read_text(encoding="utf-8"))
         stats = info["corpus"]
-        print(f"{cfg.type} tokenizer: vocabulary {info['vocab_size']:,}, {stats['texts']:,} texts, "
+        print(f"{cfg.type} tokenizer: vocabulary {info['vocab_size']:,}, {stats['texts']:,} "
+              f"text{'s' if stats['texts'] != 1 else ''}, "
               f"{stats['characters']:,} characters, {info['seconds']:.1f}s; saved to {out}")
         if texts.rejected:
             print(f"skipped {texts.rejected:,} rejected rows (first: {texts.rejected_examples[0]})")

@@ -230,6 +230,13 @@ class TrainSection(Section):
     scheduler: Literal["linear", "cosine", "constant"] = Field(
         "linear", description="Learning-rate decay after warmup."
     )
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Where linear/cosine decay ends, as a share of "
+                                                              "learning_rate (nanoGPT: 0.1).")
+    max_minutes: float | None = Field(
+        None, gt=0, description="Time budget: stop training after this many minutes of the loop (evaluations "
+        "included), then evaluate and export as after the last step. The schedule still spans max_steps/epochs: "
+        "size them to the budget so the learning rate has decayed when time is up."
+    )
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps spent warming up linearly.")
     warmup_steps: int | None = Field(None, ge=0, description="Warmup steps; when set, warmup_ratio is ignored.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip gradients to this global norm; null: off.")

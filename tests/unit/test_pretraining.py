@@ -146,3 +146,42 @@ def test_architecture_rules_name_the_key(tmp_path):
         _recipe(tmp_path, corpus, "causal_lm", {**ARCHS["gpt2"], "hidden": 30, "heads": 4})
     with pytest.raises(ValidationError, match="model.architecture needs model.tokenizer"):
         _recipe(tmp_path, corpus, "causal_lm", ARCHS["gpt2"], "model.tokenizer=null")
+
+
+def test_time_budget_stops_training_and_samples_are_logged_and_reported(tmp_path, one_thread):
+    from tuneforge.train.run import train
+
+    corpus = _corpus(tmp_path / "corpus.txt", 160)
+    result = train(_recipe(tmp_path, corpus, "causal_lm", ARCHS["gpt2"], "train.max_minutes=0.0001",
+                           "train.eval_every_steps=1", "causal_lm.sample_prompts=['the cat', 'a dog']",
+                           "causal_lm.sample_generation.max_new_tokens=5"))
+    assert result.global_step == 1 < result.total_steps and not result.halted
+    [record] = [json.loads(line) for line in (result.run_dir / "samples.jsonl").read_text().splitlines()]
+    assert record["step"] == 1 and [s["prompt"] for s in record["samples"]] == ["the cat", "a dog"]
+    assert [s["prompt"] for s in result.metrics["samples"]] == ["the cat", "a dog"]
+    report = (result.run_dir / "eval" / "eval.md").read_text()
+    assert "## Samples" in report and "**generated** (2):" in report
+
+
+def test_min_lr_ratio_is_where_decay_ends():
+    from tuneforge.train.optim import lr_factor
+
+    assert lr_factor(100, total=100, warmup=10, kind="cosine", min_ratio=0.1) == pytest.approx(0.1)
+    assert lr_factor(55, total=100, warmup=10, kind="cosine", min_ratio=0.1) == pytest.approx(0.55)
+    assert lr_factor(100, total=100, warmup=10, kind="linear", min_ratio=0.2) == pytest.approx(0.2)
+    assert lr_factor(5, total=100, warmup=10, kind="cosine", min_ratio=0.1) == pytest.approx(0.6)
+
+
+def test_paragraph_rows_and_sequential_split(tmp_path):
+    from tuneforge.data.records import Row
+    from tuneforge.data.sources import SourceConfig, iter_source
+    from tuneforge.data.split import split_indices
+
+    path = tmp_path / "t.txt"
+    path.write_text("A:\nline one\n\nB:\nline two\nline three\n\n\nC:\nend\n", encoding="utf-8")
+    rows = [r for r in iter_source(SourceConfig(path=path, format="text", text_unit="paragraph")) if isinstance(r, Row)]
+    assert [(r.line, r.data["text"]) for r in rows] == [(1, "A:\nline one"), (4, "B:\nline two\nline three"),
+                                                         (9, "C:\nend")]
+    parts = split_indices(10, labels=[0, 1] * 5, groups=None, validation_fraction=0.2, test_fraction=0.1, seed=0,
+                          sequential=True)
+    assert parts == (list(range(7)), [7, 8], [9])

@@ -95,6 +95,13 @@ def render_scalar_markdown(metrics: dict, *, title: str = "Evaluation", extra: d
             lines = [f"## {key}", "", "| name | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
             lines += [f"| {name} | " + " | ".join(_fmt(v.get(c)) for c in cols) + " |" for name, v in table.items()]
             sections.append("\n".join(lines))
+    samples = metrics.get("samples")
+    if isinstance(samples, list) and samples and all(isinstance(x, dict) for x in samples):
+        lines = ["## Samples"]
+        for i, sample in enumerate(samples, 1):
+            for key, value in sample.items():
+                lines += ["", f"**{key}** ({i}):", "", "```text", str(value), "```"]
+        sections.append("\n".join(lines))
     return "\n\n".join(s for s in sections if s) + "\n"
 
 

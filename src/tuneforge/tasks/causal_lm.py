@@ -42,6 +42,16 @@ class CausalLMConfig(Section):
         "and evaluated by generating it (several references count, e.g. SciTLDR's). null: a pair is trained as "
         "one plain text (source, data.formatting.pair_separator, target) on every token, and not generated.",
     )
+    sample_prompts: list[str] = Field(
+        default_factory=list, description="Raw-text prompts (no chat template) continued at every evaluation: "
+        "the samples go to samples.jsonl during training and into the final report (e.g. ['\\n'] or "
+        "['ROMEO:'] for a model pretrained on Shakespeare)."
+    )
+    sample_generation: GenerationConfig = Field(
+        default_factory=lambda: GenerationConfig(max_new_tokens=200, do_sample=True, temperature=0.8, top_k=200,
+                                                 seed=0),
+        description="Decoding of the samples (default: nanoGPT's sample.py settings, seeded).",
+    )
     generate_during_training: bool = Field(
         False, description="Also generate at every evaluation during training (slow: eval_examples generations "
         "each time), for learning curves of the generation metric or train.metric_for_best on it; false: "
@@ -142,6 +152,17 @@ def generate_metrics(model, tokenizer, records: list[dict], recipe) -> dict:
     if cfg.eval_metric == "final_number":
         return final_number_accuracy(predictions, [r if isinstance(r, str) else r[0] for r in references])
     return generation_metrics(predictions, references)
+
+
+def sample_texts(model, tokenizer, recipe) -> list[dict]:
+    """``causal_lm.sample_prompts`` continued with ``causal_lm.sample_generation``."""
+    from tuneforge.models.generation import generate
+
+    prompts = recipe.causal_lm.sample_prompts
+    if not prompts:
+        return []
+    outputs = generate(model, tokenizer, prompts, recipe.causal_lm.sample_generation)
+    return [{"prompt": p, "generated": o} for p, o in zip(prompts, outputs)]
 
 
 def compare_with_base(model, recipe, load_base, score) -> dict | None:

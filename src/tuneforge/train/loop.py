@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -35,7 +36,7 @@ class LoopInputs:
     precision: str
     total_steps: int
     steps_per_epoch: int
-    evaluate: Callable[[object], dict]  # model -> metrics (incl. "loss"), same on every process
+    evaluate: Callable[[object, int], dict]  # (model, step) -> metrics (incl. "loss"), same on every process
     ckpt_dir: Path
     metrics_file: Path
 
@@ -71,6 +72,7 @@ def train_loop(inp: LoopInputs, state: TrainState) -> TrainState:
     efficiency, note = efficiency_for_run(acc.unwrap_model(model), inp.train, acc.device.type, inp.precision, world)
     if note:
         progress.message(note)
+    deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes is not None else None
     with progress:
         while state.global_step < inp.total_steps and not state.finished:
             batches = _epoch_batches(inp, state.epoch, world)
@@ -114,7 +116,11 @@ def train_loop(inp: LoopInputs, state: TrainState) -> TrainState:
                                "tflops": float(f"{tflops:.4g}"),
                                **({"mfu": round(mfu, 4)} if mfu is not None else {})})
                     running.clear()
-                last_step = state.global_step >= inp.total_steps
+                out_of_time = deadline is not None and _past(deadline, acc)
+                if out_of_time:
+                    progress.message(f"time budget of {cfg.max_minutes:g} min (train.max_minutes) used up at step "
+                                     f"{state.global_step} of {inp.total_steps}")
+                last_step = state.global_step >= inp.total_steps or out_of_time
                 if state.global_step % eval_every == 0 or last_step:
                     _evaluate_and_checkpoint(inp, state, progress)
                     meter.reset()
@@ -136,9 +142,20 @@ def train_loop(inp: LoopInputs, state: TrainState) -> TrainState:
     return state
 
 
+def _past(deadline: float, acc) -> bool:
+    """Whether the time budget is spent; with several processes, once any says so, all stop together
+    (a process that stopped alone would leave the others waiting in a collective)."""
+    late = time.monotonic() > deadline
+    if acc.num_processes == 1:
+        return late
+    import torch
+
+    return bool(acc.reduce(torch.tensor(float(late), device=acc.device), "max").item())
+
+
 def _evaluate_and_checkpoint(inp: LoopInputs, state: TrainState, progress: TrainProgress) -> None:
     acc, cfg = inp.accelerator, inp.cfg
-    metrics = inp.evaluate(inp.model)
+    metrics = inp.evaluate(inp.model, state.global_step)
     record = {"kind": "eval", "step": state.global_step, **{k: v for k, v in metrics.items()
                                                             if isinstance(v, (int, float))}}
     _log(inp, record)

@@ -46,8 +46,9 @@ def warmup_steps(cfg, total_steps: int) -> int:
     return int(round(cfg.warmup_ratio * total_steps))
 
 
-def lr_factor(step: int, *, total: int, warmup: int, kind: str) -> float:
-    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based)."""
+def lr_factor(step: int, *, total: int, warmup: int, kind: str, min_ratio: float = 0.0) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based); linear and cosine
+    decay end at ``min_ratio`` instead of 0."""
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     if kind == "constant":
@@ -55,10 +56,12 @@ def lr_factor(step: int, *, total: int, warmup: int, kind: str) -> float:
     progress = (step - warmup) / max(1, total - warmup)
     progress = min(max(progress, 0.0), 1.0)
     if kind == "linear":
-        return 1.0 - progress
-    if kind == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"unknown scheduler {kind!r}")
+        decay = 1.0 - progress
+    elif kind == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        raise ValueError(f"unknown scheduler {kind!r}")
+    return min_ratio + (1.0 - min_ratio) * decay
 
 
 def build_scheduler(optimizer, cfg, total_steps: int):
@@ -66,5 +69,6 @@ def build_scheduler(optimizer, cfg, total_steps: int):
 
     warm = warmup_steps(cfg, total_steps)
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total=total_steps, warmup=warm, kind=cfg.scheduler)
+        optimizer, lambda s: lr_factor(s, total=total_steps, warmup=warm, kind=cfg.scheduler,
+                                       min_ratio=cfg.min_lr_ratio)
     )

@@ -184,7 +184,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
         f"{cfg.gradient_accumulation_steps} accumulation, {accelerator.num_processes} process(es) on "
         f"{accelerator.device.type}, precision {precision}")
 
-    def evaluate(m) -> dict:
+    def evaluate(m, step: int) -> dict:
         from tuneforge.evaluate.predict import predict
 
         # The unwrapped module (still autocast when mixed precision is on) avoids DDP collectives in eval.
@@ -196,6 +196,8 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
         if spec.generate_metrics is not None and (recipe.task != "causal_lm"
                                                   or recipe.causal_lm.generate_during_training):
             out.update(_generate_metrics(spec, accelerator.unwrap_model(m), tokenizer, data, recipe, accelerator))
+        if recipe.task == "causal_lm" and recipe.causal_lm.sample_prompts and is_main:
+            _log_samples(accelerator.unwrap_model(m), tokenizer, recipe, step)
         return out
 
     start = time.perf_counter()
@@ -241,7 +243,11 @@ def _finish(recipe, spec, base, tokenizer, val_enc, data, ckpt_dir, metrics_file
     if spec.generate_metrics is not None:
         metrics.update(spec.generate_metrics(base, tokenizer, data.records["validation"], recipe))
     if recipe.task == "causal_lm":
+        from tuneforge.tasks.causal_lm import sample_texts
+
         _compare_with_base(recipe, spec, base, tokenizer, data, val_enc, metrics, say)
+        if recipe.causal_lm.sample_prompts:
+            metrics["samples"] = sample_texts(base, tokenizer, recipe)
     metrics["step"] = best["step"] if best else result.global_step
     write_eval_report(metrics, run_dir / "eval", title=f"{recipe.name}: validation",
                       extra={"validation": data.validation_source, "checkpoint_step": metrics["step"],
@@ -296,6 +302,14 @@ def _compare_with_base(recipe, spec, model, tokenizer, data, val_enc, metrics, s
         metrics["base"] = base
         say("base vs tuned: " + ", ".join(f"{k} {base[k]:.4g} -> {metrics[k]:.4g}" for k in base
                                           if k in metrics and isinstance(base[k], (int, float))))
+
+
+def _log_samples(model, tokenizer, recipe, step: int) -> None:
+    """Sample continuations at this evaluation, appended to samples.jsonl (one record per evaluation)."""
+    from tuneforge.tasks.causal_lm import sample_texts
+
+    with (recipe.run_dir / "samples.jsonl").open("a") as fh:
+        fh.write(json.dumps({"step": step, "samples": sample_texts(model, tokenizer, recipe)}) + "\n")
 
 
 def _generate_metrics(spec, model, tokenizer, data, recipe, accelerator) -> dict:
