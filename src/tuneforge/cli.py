@@ -59,6 +59,15 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."), overr
         from tuneforge.errors import DataError
         from tuneforge.recipe import describe_fields
 
+        from tuneforge.stages import is_stages_file, load_stages, plan
+
+        if Path(recipe).exists() and is_stages_file(recipe):
+            runs = plan(load_stages(recipe, overrides or []))
+            for r in runs:
+                print(f"{recipe}: stage {r.label}: task {r.recipe.task}, model from {r.model_from} "
+                      f"-> {r.recipe.run_dir}")
+            print(f"{recipe}: valid ({len(runs)} stage runs)")
+            return
         cfg = _load(recipe, overrides)
         given = (("data.train_file", cfg.data.train_file), ("data.validation_file", cfg.data.validation_file),
                  ("data.test_file", cfg.data.test_file))
@@ -73,8 +82,28 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."), overr
     _guard(body)
 
 
+def _stages_command(recipe: Path, overrides, resume: bool, overwrite: bool):
+    from tuneforge.errors import TuneforgeError
+    from tuneforge.stages import load_stages, run_stages
+
+    if resume:
+        raise TuneforgeError("--resume applies to single runs; a stages recipe reuses its finished stages by itself "
+                             "(run it again), or starts over with --overwrite")
+    result = run_stages(load_stages(recipe, overrides or []), overwrite=overwrite)
+    print(f"report: {result.report}")
+
+
 def _train_command(recipe: Path, overrides, resume: bool, overwrite: bool, export: bool):
     def body():
+        from tuneforge.stages import is_stages_file
+
+        if Path(recipe).exists() and is_stages_file(recipe):
+            if not export:
+                from tuneforge.errors import TuneforgeError
+
+                raise TuneforgeError("a stages recipe runs with `tuneforge run` (each stage exports the model the "
+                                     "next one starts from)")
+            return _stages_command(recipe, overrides, resume, overwrite)
         cfg = _load(recipe, overrides)
         if not export:
             cfg = cfg.model_copy(update={"export": cfg.export.model_copy(update={"enabled": False})})

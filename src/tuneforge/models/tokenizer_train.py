@@ -48,7 +48,10 @@ A list given explicitly gets its roles from the names: ``pad``, ``mask``, ``unk`
 Without an eos name the first token with no other role is bos and eos (for wordpiece, ``[CLS]`` and
 ``[SEP]``). wordpiece needs unk, cls and sep; char needs unk; bpe and unigram fall back to eos as unk.
 
-Training is deterministic: the same corpus and config give the same ``tokenizer.json`` byte for byte.
+bpe, wordpiece and char training is deterministic: the same corpus and config give the same
+``tokenizer.json`` byte for byte (wordpiece only because ``_train_wordpiece`` works around
+huggingface/tokenizers#1794). unigram is not: ``tokenizers``' UnigramTrainer sums its EM statistics in
+hash-map order, so piece scores, and with them the ids, differ slightly between runs.
 This module imports ``tokenizers`` and ``transformers`` inside its functions (the CLI imports it lazily
 anyway); ``corpus_texts`` reads any format ``tuneforge.data.sources`` reads.
 """
@@ -64,7 +67,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from tuneforge.errors import DataError
+from tuneforge.errors import DataError, TuneforgeError
 from tuneforge.sections import Section
 
 TokenizerType = Literal["bpe", "wordpiece", "unigram", "char"]
@@ -137,8 +140,7 @@ class TokenizerTrainConfig(Section):
         dupes = sorted({tok for tok in specials if specials.count(tok) > 1})
         if dupes:
             raise ValueError(f"special_tokens lists {', '.join(dupes)} more than once")
-        roles = special_token_roles(specials, self.type)  # raises for a missing required role
-        del roles
+        special_token_roles(specials, self.type)  # raises ValueError for a missing required role
         floor = {"bpe": BYTE_ALPHABET + len(specials), "unigram": BYTE_ALPHABET + len(specials) + 1,
                  "wordpiece": len(specials) + 1}.get(self.type)
         if floor is not None and self.vocab_size < floor:
@@ -287,12 +289,34 @@ def _source_config(path: Path, fmt: str, text_column: str | None, whole_files: b
 
     kwargs: dict[str, Any] = {"path": path}
     if fmt in RECORD_FORMATS:
-        kwargs["label_column"] = None
         if text_column is not None:
             kwargs["text_column"] = text_column
+        if text_column is not None or _has_column(path, fmt, "text"):
+            kwargs["label_column"] = None  # text records: labels are not read (an empty one is no reason to skip)
     if fmt == "text" and whole_files:
         kwargs["text_unit"] = "file"
     return SourceConfig(**kwargs)
+
+
+def _has_column(path: Path, fmt: str, column: str) -> bool:
+    """Whether the first good record of a record file has ``column`` (else it may hold chats)."""
+    from tuneforge.data.readers import read_records
+
+    if fmt == "datasets":
+        return False  # the default label handling applies; not worth loading the dataset twice
+    records = None
+    try:
+        records = read_records(path, fmt)
+        for _, record, _ in records:
+            if record is not None:
+                return column in record
+    except TuneforgeError:
+        pass  # iter_source reports it, with its own message
+    finally:
+        close = getattr(records, "close", None)
+        if close is not None:
+            close()
+    return False
 
 
 def _items(configs) -> Iterator[Any]:
@@ -306,23 +330,19 @@ def _items(configs) -> Iterator[Any]:
 
 
 class _Counted:
-    """Wraps the text stream: counts texts and characters, skips empty texts, and keeps an exception
-    raised by the stream (the ``tokenizers`` trainer would wrap it) to re-raise after training."""
+    """The text stream, counted (texts, characters) and without empty texts. The first text is read at
+    construction, so an empty corpus fails before any training; errors of the stream (a bad corpus
+    file) propagate unchanged, also through the ``tokenizers`` trainers."""
 
     def __init__(self, texts: Iterable[str]) -> None:
         self._texts = iter(texts)
         self.texts = 0
         self.characters = 0
-        self.error: BaseException | None = None
-        self._first: str | None = None
-        for text in self._texts:  # peek: an empty corpus fails before any training
-            if text:
-                self._first = text
-                break
+        self._first = next((text for text in self._texts if text), None)
 
     @property
     def empty(self) -> bool:
-        return self._first is None
+        return self._first is None and self.texts == 0
 
     def __iter__(self) -> Iterator[str]:
         if self._first is not None:
@@ -330,14 +350,11 @@ class _Counted:
             self.texts += 1
             self.characters += len(first)
             yield first
-        try:
-            for text in self._texts:
-                if text:
-                    self.texts += 1
-                    self.characters += len(text)
-                    yield text
-        except Exception as exc:  # noqa: BLE001 - re-raised unchanged by train_tokenizer
-            self.error = exc
+        for text in self._texts:
+            if text:
+                self.texts += 1
+                self.characters += len(text)
+                yield text
 
     def batches(self) -> Iterator[list[str]]:
         batch: list[str] = []
@@ -354,23 +371,19 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerTrainConfig, out_dir: Pa
     """Train ``cfg``'s tokenizer on ``texts`` (streamed once) and save it to ``out_dir``; returns ``out_dir``.
 
     Raises ``DataError`` for an empty corpus or a ``vocab_size`` below what the corpus's alphabet and the
-    special tokens need, and re-raises any error the text stream raised (e.g. a bad corpus file).
+    special tokens need; an error raised by ``texts`` itself (e.g. a bad corpus file) propagates unchanged.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
     corpus = _Counted(texts)
     if corpus.empty:
         rejected = getattr(texts, "rejected", 0)
-        raise DataError("the corpus is empty: no text to train a tokenizer on"
-                        + (f" ({rejected} rows rejected, e.g. {texts.rejected_examples[0]})"  # type: ignore[attr-defined]
-                           if rejected else ""))
+        examples = getattr(texts, "rejected_examples", [])
+        detail = f" ({rejected} rows rejected, e.g. {examples[0]})" if rejected and examples else ""
+        raise DataError(f"the corpus is empty: no text to train a tokenizer on{detail}")
     roles = special_token_roles(cfg.specials, cfg.type)
-    if cfg.type == "char":
-        tok = _train_char(corpus, cfg, roles)
-    else:
-        tok = _train_subword(corpus, cfg, roles)
-    if corpus.error is not None:
-        raise corpus.error
+    train = {"bpe": _train_bpe, "unigram": _train_unigram, "wordpiece": _train_wordpiece, "char": _train_char}
+    tok = train[cfg.type](corpus, cfg, roles)
     size = tok.get_vocab_size(with_added_tokens=True)
     if cfg.type != "char" and size > cfg.vocab_size:
         raise DataError(f"vocab_size {cfg.vocab_size} is too small for this corpus: its alphabet plus the "
@@ -412,7 +425,8 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _normalizer(cfg: TokenizerTrainConfig):
+def _normalizer(cfg: TokenizerTrainConfig, extra: list[Any] | None = None):
+    """The tokenizer's normaliser: NFC/NFKC, then lowercasing (wordpiece: the BERT normaliser), then ``extra``."""
     from tokenizers import normalizers
 
     steps: list[Any] = []
@@ -426,49 +440,50 @@ def _normalizer(cfg: TokenizerTrainConfig):
                                                 lowercase=cfg.lowercase))
     elif cfg.lowercase:
         steps.append(normalizers.Lowercase())
+    steps += extra or []
     if not steps:
         return None
     return steps[0] if len(steps) == 1 else normalizers.Sequence(steps)
 
 
-def _train_subword(corpus: _Counted, cfg: TokenizerTrainConfig, roles: dict[str, str]):
+def _train_bpe(corpus: _Counted, cfg: TokenizerTrainConfig, roles: dict[str, str]):
+    """GPT-2's byte-level BPE: every byte is a symbol (initial alphabet: all 256), so nothing is unknown."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    specials = cfg.specials
-    if cfg.type == "bpe":
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-        tok.decoder = decoders.ByteLevel()
-        tok.post_processor = processors.ByteLevel(trim_offsets=False)
-        trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_count,
-                                      special_tokens=specials, show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    elif cfg.type == "wordpiece":
-        return _train_wordpiece(corpus, cfg, roles)
-    else:  # unigram: spaces as ▁ (a prepended one marks the first word), split before each ▁
-        from tokenizers import normalizers
-
-        tok = Tokenizer(models.Unigram())
-        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True)
-        trainer = trainers.UnigramTrainer(vocab_size=cfg.vocab_size - BYTE_ALPHABET, special_tokens=specials,
-                                          unk_token=roles["unk"], show_progress=False)
+    tok = Tokenizer(models.BPE())
     norm = _normalizer(cfg)
-    if cfg.type == "unigram":
-        # Prepend + Replace as normaliser (not Metaspace's own prepend, which skips a text that already
-        # starts with a space): a leading space then survives the round trip.
-        steps = ([norm] if norm is not None else []) + [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
-        tok.normalizer = normalizers.Sequence(steps)
-    elif norm is not None:
+    if norm is not None:
         tok.normalizer = norm
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_count,
+                                  special_tokens=cfg.specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus.batches(), trainer=trainer)
+    return tok
+
+
+def _train_unigram(corpus: _Counted, cfg: TokenizerTrainConfig, roles: dict[str, str]):
+    """SentencePiece-style unigram: spaces become ``▁``, a ``▁`` is prepended to the text, and pieces
+    are split before each ``▁``. Prepend + Replace are normalisers rather than Metaspace's own prepend,
+    which skips a text that already starts with a space: that way a leading space survives the round trip.
+    Then the 256 byte pieces are added with byte fallback (``_with_byte_fallback``)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = _normalizer(cfg, [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True)
+    trainer = trainers.UnigramTrainer(vocab_size=cfg.vocab_size - BYTE_ALPHABET, special_tokens=cfg.specials,
+                                      unk_token=roles["unk"], show_progress=False)
     try:
         tok.train_from_iterator(corpus.batches(), trainer=trainer)
     except Exception as exc:
-        if corpus.error is not None:
-            raise corpus.error from None
-        if "vocab_size" in str(exc) or "too small" in str(exc):  # unigram: alphabet larger than the vocabulary
-            raise DataError(f"vocab_size {cfg.vocab_size} is too small for this corpus's alphabet: {exc}") from None
-        raise
-    return _with_byte_fallback(tok) if cfg.type == "unigram" else tok
+        if "not large enough" not in str(exc):  # the corpus's characters do not fit in vocab_size
+            raise
+        raise DataError(f"vocab_size {cfg.vocab_size} is too small for this corpus's alphabet: {exc} "
+                        f"(the vocabulary also holds {BYTE_ALPHABET} byte pieces)") from None
+    return _with_byte_fallback(tok)
 
 
 def _train_wordpiece(corpus: _Counted, cfg: TokenizerTrainConfig, roles: dict[str, str]):
