@@ -285,16 +285,16 @@ def tokenizer_train(
     type_: str = typer.Option("bpe", "--type", help="bpe (byte-level, GPT-2) | wordpiece (BERT) | unigram "
                               "(SentencePiece, byte fallback) | char (one token per character, nanoGPT)."),
     vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="Vocabulary size incl. special tokens "
-                                             "[default: 8000; not for char]."),
+                                             "(default 8000; not for char)."),
     min_frequency: Optional[int] = typer.Option(None, "--min-frequency", help="Minimum count of a merge "
                                                 "(bpe/wordpiece, default 2) or a character (char, default 1)."),
     special_token: Optional[List[str]] = typer.Option(None, "--special-token", help="A special token (repeat the "
                                                       "option); replaces the per-type defaults."),
     lowercase: bool = typer.Option(False, "--lowercase", help="Lowercase all text (stored in the tokenizer)."),
     normalization: str = typer.Option("none", "--normalization", help="Unicode normalisation: none | nfc | nfkc."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="model_max_length [default: 1024]."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="model_max_length (default 1024)."),
     text_column: Optional[str] = typer.Option(None, "--text-column", help="Column of record files holding the "
-                                              "text [default: text; chat records are recognised]."),
+                                              "text (default text; chat records are recognised)."),
     whole_files: bool = typer.Option(False, "--whole-files", help="A .txt file is one text (newlines kept), not "
                                      "one text per line; use it for char."),
 ):

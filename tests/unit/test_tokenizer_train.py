@@ -286,6 +286,15 @@ def test_corpus_texts_reads_records_text_and_whole_files(tmp_path):
     assert list(corpus_texts([chats])) == ["hi", "hello"]
     with pytest.raises(DataError, match=f"^data file not found: {tmp_path / 'absent.txt'}$"):
         corpus_texts([lines, tmp_path / "absent.txt"])  # at the call, before reading anything
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(DataError, match="is empty"):
+        corpus_texts([lines, tmp_path / "empty.txt"])
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "one.md").write_text("# One\n\ntext")
+    (docs / "sub" / "two.txt").write_text("two\nlines")
+    assert list(corpus_texts([docs])) == ["two\nlines"]  # a folder: every *.txt below it, one text a file
+    assert list(corpus_texts([docs / "**" / "*.md"])) == ["# One\n\ntext"]  # a glob
 
 
 def test_training_streams_the_corpus(tmp_path):
@@ -359,7 +368,7 @@ def test_cli_errors_are_one_line_exit_2(tmp_path):
     cases = [
         ([str(missing)], f"error: data file not found: {missing}"),
         ([str(empty)], f"error: data file has no rows: {empty} is empty (0 bytes)"),
-        ([str(blank)], f"error: the corpus is empty: no text to train a tokenizer on (1 rows rejected, e.g. "
+        ([str(blank)], f"error: the corpus is empty: no text to train a tokenizer on (1 row rejected, e.g. "
                        f"{blank}:1: empty text)"),
         ([str(empty), "--type", "char", "--vocab-size", "50"], "error: vocab_size does not apply to type 'char': "
          "its vocabulary is the corpus's characters plus the special tokens; remove vocab_size"),

@@ -58,7 +58,9 @@ anyway); ``corpus_texts`` reads any format ``tuneforge.data.sources`` reads.
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -269,18 +271,19 @@ def corpus_texts(paths: list[Path], text_column: str | None = None, whole_files:
     file (``text_unit: file``: newlines kept, which a char tokenizer must see). Record files use
     ``text_column`` (default ``text``; chat records are recognised by their keys and give one text per
     message); labels are ignored. Rejected rows (undecodable lines, empty texts) are skipped and counted.
-    Every path is checked now: a missing file raises ``DataError`` before anything is read.
+    Every path is opened now: a missing, empty or binary file raises ``DataError`` before any text is read.
     """
-    from tuneforge.data.sources import SourceConfig, resolve_format
+    from tuneforge.data.sources import SourceConfig, iter_source, resolve_format
 
     if not paths:
         raise DataError("no corpus files given")
-    configs = []
+    sources = []
     for path in map(Path, paths):
-        if not path.exists():
+        if not path.exists() and not re.search(r"[*?\[]", str(path)):  # a glob is checked by its reader
             raise DataError(f"data file not found: {path}")
-        configs.append(_source_config(path, resolve_format(SourceConfig(path=path), path), text_column, whole_files))
-    return CorpusTexts(_items(configs), progress)
+        fmt = resolve_format(SourceConfig(path=path), path)
+        sources.append(iter_source(_source_config(path, fmt, text_column, whole_files)))
+    return CorpusTexts(itertools.chain.from_iterable(sources), progress)
 
 
 def _source_config(path: Path, fmt: str, text_column: str | None, whole_files: bool):
@@ -317,13 +320,6 @@ def _has_column(path: Path, fmt: str, column: str) -> bool:
         if close is not None:
             close()
     return False
-
-
-def _items(configs) -> Iterator[Any]:
-    from tuneforge.data.sources import iter_source
-
-    for cfg in configs:
-        yield from iter_source(cfg)
 
 
 # ----------------------------------------------------------------------------------- training
@@ -379,7 +375,8 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerTrainConfig, out_dir: Pa
     if corpus.empty:
         rejected = getattr(texts, "rejected", 0)
         examples = getattr(texts, "rejected_examples", [])
-        detail = f" ({rejected} rows rejected, e.g. {examples[0]})" if rejected and examples else ""
+        detail = (f" ({rejected} row{'s' if rejected != 1 else ''} rejected, e.g. {examples[0]})"
+                  if rejected and examples else "")
         raise DataError(f"the corpus is empty: no text to train a tokenizer on{detail}")
     roles = special_token_roles(cfg.specials, cfg.type)
     train = {"bpe": _train_bpe, "unigram": _train_unigram, "wordpiece": _train_wordpiece, "char": _train_char}
