@@ -26,6 +26,7 @@ from tuneforge.data.split import SplitConfig
 from tuneforge.models.methods import (METHOD_SECTIONS, AdapterConfig, IA3Config, LoraConfig, MethodName,
                                       PrefixTuningConfig, PromptTuningConfig)
 from tuneforge.models.scratch import FAMILY_TASKS, ArchitectureConfig
+from tuneforge.models.tokenizer_train import TokenizerTrainConfig
 from tuneforge.sections import Section
 from tuneforge.tasks.causal_lm import CausalLMConfig
 from tuneforge.tasks.masked_lm import MaskedLMConfig
@@ -74,9 +75,10 @@ class ModelSection(Section):
         None, description="Train from scratch: a randomly initialised transformer of this family and size "
         "(then model.name is not used, and model.tokenizer is required)."
     )
-    tokenizer: str | None = Field(
-        None, description="With architecture: the tokenizer, a directory from `tuneforge tokenizer train` or a model "
-        "name/alias whose tokenizer to reuse."
+    tokenizer: str | TokenizerTrainConfig | None = Field(
+        None, description="With architecture: the tokenizer, a directory from `tuneforge tokenizer train`, a model "
+        "name/alias whose tokenizer to reuse, or the settings of `tuneforge tokenizer train` (e.g. {type: char}): "
+        "then the run trains it on its training split (never on validation text) into <run>/tokenizer."
     )
 
     @model_validator(mode="after")

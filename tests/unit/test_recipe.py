@@ -19,7 +19,14 @@ def test_recipes_exist():
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(REPO)))
 def test_every_shipped_recipe_validates(path):
-    recipe = load_recipe(path)
+    from tuneforge.stages import is_stages_file, load_stages, plan
+
+    recipes = [r.recipe for r in plan(load_stages(path))] if is_stages_file(path) else [load_recipe(path)]
+    for recipe in recipes:
+        _check_shipped_files(path, recipe)
+
+
+def _check_shipped_files(path, recipe):
     assert recipe.name
     # data paths are relative to the repository root; files inside the repository must ship with it
     sources = recipe.data.training_sources() + list(recipe.data.evaluation_sources().values())

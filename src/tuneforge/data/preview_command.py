@@ -24,7 +24,7 @@ def print_preview(recipe, prepared: PreparedDataset, n: int, *, color: bool | No
 
     console = Console(highlight=False, soft_wrap=True)
     color = sys.stdout.isatty() if color is None else color
-    resolved = resolve_recipe_model(recipe.model, require_weights=False)
+    resolved = resolve_recipe_model(recipe.model, require_weights=False, run_dir=recipe.run_dir)
     tokenizer = load_tokenizer(resolved, recipe.model.trust_remote_code)
     rows = [row_from_output(r) for r in prepared.rows("train")[:n]]
     fmt = recipe.data.formatting

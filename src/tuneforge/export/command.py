@@ -33,7 +33,7 @@ def run_export(cfg: ExportConfig) -> Path:
     if not (cfg.run_dir / "data" / "prepared.json").exists():
         raise TuneforgeError(f"{cfg.run_dir}: no prepared data (data/prepared.json); train the run first")
     data = load_prepared(cfg.run_dir / "data")  # exactly the rows the run trained and validated on
-    resolved = resolve_recipe_model(recipe.model)
+    resolved = resolve_recipe_model(recipe.model, run_dir=cfg.run_dir)
     tokenizer = load_tokenizer(resolved, recipe.model.trust_remote_code)
     spec = spec_for(recipe)
     model, params = build_model(recipe, resolved, spec, data.label_names, tokenizer.pad_token_id, tokenizer)

@@ -29,9 +29,10 @@ def count_parameters(model) -> ParamCount:
     return ParamCount(trainable, total)
 
 
-def resolve_recipe_model(model_section, *, require_weights: bool = True) -> ResolvedModel:
+def resolve_recipe_model(model_section, *, require_weights: bool = True, run_dir=None) -> ResolvedModel:
     """Where a recipe's model (and tokenizer) comes from. With ``model.architecture`` there are no weights:
-    the path is the tokenizer's directory and ``build_model`` initialises the model at random."""
+    the path is the tokenizer's directory and ``build_model`` initialises the model at random; a tokenizer
+    the run trains itself lives in ``<run_dir>/tokenizer`` (``train_run_tokenizer``)."""
     from pathlib import Path
 
     from tuneforge.models.resolve import resolve_model
@@ -39,6 +40,14 @@ def resolve_recipe_model(model_section, *, require_weights: bool = True) -> Reso
     if model_section.architecture is None:
         return resolve_model(model_section.name, allow_pickle=model_section.allow_pickle,
                              require_weights=require_weights)
+    if not isinstance(model_section.tokenizer, str):
+        trained = Path(run_dir or ".") / "tokenizer"
+        if run_dir is None or not (trained / "tokenizer.json").is_file():
+            raise TuneforgeError("model.tokenizer is trained by the run on its training split; it does not exist "
+                                 f"yet{f' in {trained}' if run_dir else ''}: run the recipe first, or give a "
+                                 "tokenizer directory")
+        return ResolvedModel(f"{model_section.architecture.family} from scratch", trained.resolve(), "scratch",
+                             "none", has_weights=False)
     given = Path(model_section.tokenizer).expanduser()
     if given.is_dir() and any((given / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
         path = given.resolve()
@@ -47,6 +56,25 @@ def resolve_recipe_model(model_section, *, require_weights: bool = True) -> Reso
                              require_weights=False).path
     return ResolvedModel(f"{model_section.architecture.family} from scratch", path, "scratch", "none",
                          has_weights=False)
+
+
+def train_run_tokenizer(model_section, records: list[dict], run_dir) -> None:
+    """Train ``model.tokenizer`` (settings, not a path) on the training rows' text into <run_dir>/tokenizer,
+    unless a finished one with the same settings is there (a resumed run keeps its vocabulary)."""
+    import json
+    from pathlib import Path
+
+    from tuneforge.models.tokenizer_train import INFO_FILE, resolved_config, train_tokenizer
+
+    cfg = model_section.tokenizer
+    out = Path(run_dir) / "tokenizer"
+    try:
+        if json.loads((out / INFO_FILE).read_text())["config"] == resolved_config(cfg):
+            return
+    except (OSError, ValueError, KeyError):
+        pass
+    texts = (t for r in records for t in (r.get("text"), r.get("source"), r.get("target")) if t)
+    train_tokenizer(texts, cfg, out)
 
 
 def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):

@@ -118,7 +118,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
     from accelerate.utils import gather_object, set_seed
 
     from tuneforge.data.prepare import encode_cached, load_prepared, prepare_task_data
-    from tuneforge.models.build import build_model, load_tokenizer, resolve_recipe_model
+    from tuneforge.models.build import build_model, load_tokenizer, resolve_recipe_model, train_run_tokenizer
     from tuneforge.train.checkpoint import TrainState, load_last
     from tuneforge.train.loop import LoopInputs, train_loop
     from tuneforge.train.manifest import build_manifest
@@ -148,7 +148,11 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
     say(f"data: {len(data.records['train']):,} train / {len(data.records['validation']):,} validation rows{labels}; "
         f"{data.rejected_rows} rejected or removed (see {data_dir / 'data_report.md'})")
 
-    resolved = resolve_recipe_model(recipe.model)
+    if recipe.model.architecture is not None and not isinstance(recipe.model.tokenizer, str):
+        if is_main:
+            train_run_tokenizer(recipe.model, data.records["train"], run_dir)
+        accelerator.wait_for_everyone()
+    resolved = resolve_recipe_model(recipe.model, run_dir=run_dir)
     set_seed(recipe.seed)
     tokenizer = load_tokenizer(resolved, recipe.model.trust_remote_code)
     train_enc = encode_cached(tokenizer, data, "train", recipe, spec)
