@@ -185,3 +185,22 @@ def test_paragraph_rows_and_sequential_split(tmp_path):
     parts = split_indices(10, labels=[0, 1] * 5, groups=None, validation_fraction=0.2, test_fraction=0.1, seed=0,
                           sequential=True)
     assert parts == (list(range(7)), [7, 8], [9])
+
+
+def test_run_trains_its_own_char_tokenizer_on_the_training_split_only(tmp_path, one_thread):
+    from transformers import AutoTokenizer
+
+    from tuneforge.train.run import train
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("abc abc\n\nab ca\n\nbca bb\n\n" * 20 + "xyz!\n", encoding="utf-8")  # x, y, z, ! only at the end
+    recipe = _recipe(tmp_path, corpus, "causal_lm", ARCHS["gpt2"], "model.tokenizer={type: char}",
+                     "train.max_steps=3", "data.split.validation_fraction=0.02")
+    result = train(recipe)
+    tok = AutoTokenizer.from_pretrained(result.run_dir / "tokenizer")
+    vocab = set(tok.get_vocab())
+    assert {"a", "b", "c", " ", "\n"} <= vocab and not {"x", "y", "z", "!"} & vocab
+    info = json.loads((result.run_dir / "tokenizer" / "tokenizer_training.json").read_text())
+    assert info["config"]["type"] == "char"
+    # the export carries that tokenizer
+    assert AutoTokenizer.from_pretrained(result.export_dir).get_vocab() == tok.get_vocab()
