@@ -253,3 +253,27 @@ def test_encoder_inputs_are_cut_at_the_tokenizers_limit(bart):
     long_prompt = "a very quick red fox jumped over the lazy dog"
     cfg = GenerationConfig(max_new_tokens=4)
     assert generate(bart, short, [long_prompt], cfg) == generate(bart, make_tokenizer(), ["a very quick red"], cfg)
+
+
+def test_generation_longer_than_the_position_table_slides_a_window():
+    """A small GPT-2 pretrained on short blocks has n_positions slots; samples longer than that slide
+    over the text (nanoGPT's sampler) instead of indexing past the position table."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tests.conftest import minilm_dir
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=8, n_embd=16, n_layer=1, n_head=2,
+                                       eos_token_id=None, bos_token_id=None))
+    greedy = GenerationConfig(max_new_tokens=20)
+    [out] = generate(model, tok, ["the cat sat"], greedy)
+    assert len(tok(out, add_special_tokens=False)["input_ids"]) >= 15  # ~20 tokens, beyond the 8 slots
+    # the first new token is what one ordinary greedy step gives
+    ids = tok("the cat sat", return_tensors="pt")["input_ids"]
+    first = int(model(input_ids=ids).logits[0, -1].argmax())
+    assert out.startswith(tok.decode([first]).strip())
+    sampled = GenerationConfig(max_new_tokens=12, do_sample=True, top_k=5, seed=3)
+    assert generate(model, tok, ["a dog"], sampled) == generate(model, tok, ["a dog"], sampled)

@@ -151,6 +151,16 @@ def _generate_encoded(model: Any, tokenizer: Any, encoded: list[list[int]], cfg:
         # transformers' global top_k=50) would apply settings the recipe does not show.
         kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
     outputs: dict[int, str] = {}
+    window = None if encoder_decoder else _position_slots(model)
+    if window is not None and max(len(ids) for ids in encoded) + cfg.max_new_tokens > window:
+        # More tokens than the model has positions (a small model pretrained on short blocks): slide a
+        # window over the text, as nanoGPT's sampler does, one prompt at a time.
+        with _eval_mode(model), _seeded(model, cfg.seed if cfg.do_sample else None), torch.inference_mode():
+            for i, ids in enumerate(encoded):
+                new = _windowed(model, ids, window, cfg, kwargs, tokenizer, device)
+                text = tokenizer.decode(new, skip_special_tokens=True)
+                outputs[i] = cut_at_stop(text, cfg.stop).strip()
+        return [outputs[i] for i in range(len(encoded))]
     with _eval_mode(model), _seeded(model, cfg.seed if cfg.do_sample else None), torch.inference_mode():
         for indices in _batches(encoded, cfg.batch_size, unpadded=not encoder_decoder and _ignores_positions(model)):
             batch = [encoded[i] for i in indices]
@@ -164,6 +174,39 @@ def _generate_encoded(model: Any, tokenizer: Any, encoded: list[list[int]], cfg:
             texts = tokenizer.batch_decode(ids[:, offset:], skip_special_tokens=True)
             outputs.update((i, cut_at_stop(t, cfg.stop).strip()) for i, t in zip(indices, texts))
     return [outputs[i] for i in range(len(encoded))]
+
+
+def _position_slots(model: Any) -> int | None:
+    """How many positions a decoder-only model can attend over: learned position tables have a hard limit
+    (GPT-2's n_positions); rotary models report max_position_embeddings, which they may exceed, so only
+    learned-position families count."""
+    config = model.config
+    if getattr(config, "model_type", "") in ("gpt2", "gpt_neo", "gptj", "opt", "bloom") or hasattr(config, "n_positions"):
+        slots = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+        return int(slots) if slots else None
+    return None
+
+
+def _windowed(model: Any, ids: list[int], window: int, cfg: GenerationConfig, kwargs: dict, tokenizer: Any,
+              device: Any) -> list[int]:
+    """Generate ``cfg.max_new_tokens`` after ``ids`` one token at a time, conditioning on the last ``window - 1``
+    tokens; ends early at the model's end-of-sequence token or a stop string."""
+    import torch
+
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+    text = list(ids)
+    step_kwargs = {**kwargs, "max_new_tokens": 1}
+    for _ in range(cfg.max_new_tokens):
+        context = torch.tensor([text[-(window - 1):]], device=device)
+        out = model.generate(input_ids=context, attention_mask=torch.ones_like(context), **step_kwargs)
+        token = int(out[0, -1])
+        if token in eos_ids:
+            break
+        text.append(token)
+        if cfg.stop and any(s in tokenizer.decode(text[len(ids):], skip_special_tokens=True) for s in cfg.stop):
+            break
+    return text[len(ids):]
 
 
 def _batches(encoded: list[list[int]], batch_size: int, *, unpadded: bool) -> list[list[int]]:
