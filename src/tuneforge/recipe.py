@@ -249,6 +249,10 @@ class TrainSection(Section):
     group_by_length: bool = Field(
         True, description="Batch examples of similar length together (shuffled) to cut padding."
     )
+    eval_rows_during_training: int | None = Field(
+        None, ge=1, description="Evaluations during training use only the first N validation rows (like nanoGPT's "
+        "eval_iters: cheap, frequent checks on a big validation set); the final evaluation uses all. null: all."
+    )
     eval_every_steps: int | None = Field(
         None, ge=1, description="Evaluate every N optimizer steps; default: at the end of every epoch."
     )

@@ -190,23 +190,40 @@ def _position_slots(model: Any) -> int | None:
 def _windowed(model: Any, ids: list[int], window: int, cfg: GenerationConfig, kwargs: dict, tokenizer: Any,
               device: Any) -> list[int]:
     """Generate ``cfg.max_new_tokens`` after ``ids`` one token at a time, conditioning on the last ``window - 1``
-    tokens; ends early at the model's end-of-sequence token or a stop string."""
+    tokens (a plain forward per token, no cache: the window moves, so cached positions would be wrong);
+    greedy or sampled with the config's temperature, top-k and top-p. Ends early at the model's
+    end-of-sequence token or a stop string."""
     import torch
 
     eos = model.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
     text = list(ids)
-    step_kwargs = {**kwargs, "max_new_tokens": 1}
     for _ in range(cfg.max_new_tokens):
         context = torch.tensor([text[-(window - 1):]], device=device)
-        out = model.generate(input_ids=context, attention_mask=torch.ones_like(context), **step_kwargs)
-        token = int(out[0, -1])
+        logits = model(input_ids=context).logits[0, -1].float()
+        token = _pick(logits, cfg) if cfg.do_sample else int(logits.argmax())
         if token in eos_ids:
             break
         text.append(token)
         if cfg.stop and any(s in tokenizer.decode(text[len(ids):], skip_special_tokens=True) for s in cfg.stop):
             break
     return text[len(ids):]
+
+
+def _pick(logits: Any, cfg: GenerationConfig) -> int:
+    """Sample one token id: temperature, then top-k, then top-p (nucleus), as transformers orders them."""
+    import torch
+
+    logits = logits / cfg.temperature
+    if cfg.top_k:
+        kth = torch.topk(logits, min(cfg.top_k, logits.numel())).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        ordered, order = torch.sort(logits, descending=True)
+        cumulative = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
+        drop = cumulative - torch.softmax(ordered, dim=-1) >= cfg.top_p  # keep the smallest set reaching top_p
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+    return int(torch.multinomial(torch.softmax(logits, dim=-1), 1))
 
 
 def _batches(encoded: list[list[int]], batch_size: int, *, unpadded: bool) -> list[list[int]]:

@@ -69,9 +69,12 @@ def build_config(arch: ArchitectureConfig, tokenizer: Any, max_length: int) -> A
     special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
                "pad_token_id": tokenizer.pad_token_id}
     if arch.family == "gpt2":
+        # Exact GELU, one fused kernel (nanoGPT's nn.GELU): GPT-2's default "gelu_new" is the tanh
+        # approximation written out in Python ops, measured at a quarter of a small model's step time on CPU.
         return GPT2Config(vocab_size=vocab, n_positions=context, n_embd=arch.hidden, n_layer=arch.layers,
                           n_head=arch.heads, n_inner=inner, resid_pdrop=arch.dropout, embd_pdrop=arch.dropout,
-                          attn_pdrop=arch.dropout, tie_word_embeddings=arch.tie_embeddings, **special)
+                          attn_pdrop=arch.dropout, tie_word_embeddings=arch.tie_embeddings,
+                          activation_function="gelu", **special)
     if arch.family == "llama":
         return LlamaConfig(vocab_size=vocab, hidden_size=arch.hidden, intermediate_size=inner,
                            num_hidden_layers=arch.layers, num_attention_heads=arch.heads,

@@ -188,14 +188,19 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
         f"{cfg.gradient_accumulation_steps} accumulation, {accelerator.num_processes} process(es) on "
         f"{accelerator.device.type}, precision {precision}")
 
+    # Evaluations during training may use the first rows only (train.eval_rows_during_training).
+    loop_rows = data.records["validation"][:cfg.eval_rows_during_training]
+    loop_enc = val_enc if len(loop_rows) == len(data.records["validation"]) else \
+        spec.encode(loop_rows, tokenizer, recipe, data.label_names)
+
     def evaluate(m, step: int) -> dict:
         from tuneforge.evaluate.predict import predict
 
         # The unwrapped module (still autocast when mixed precision is on) avoids DDP collectives in eval.
-        preds = predict(accelerator.unwrap_model(m), val_enc, batch_size=cfg.eval_batch_size,
+        preds = predict(accelerator.unwrap_model(m), loop_enc, batch_size=cfg.eval_batch_size,
                         pad_id=tokenizer.pad_token_id, device=accelerator.device,
                         rank=accelerator.process_index, world_size=accelerator.num_processes, gather=gather_object)
-        out = spec.metrics(preds, data.records["validation"], val_enc, data.label_names)
+        out = spec.metrics(preds, loop_rows, loop_enc, data.label_names)
         out["loss"] = preds.loss
         if spec.generate_metrics is not None and (recipe.task != "causal_lm"
                                                   or recipe.causal_lm.generate_during_training):
