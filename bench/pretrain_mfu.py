@@ -237,7 +237,8 @@ def run_train(args, precision: str, workdir: Path) -> dict:
 class Harness:
     """The loop's step body on tuneforge's model, optimizer, scheduler and Accelerator."""
 
-    def __init__(self, recipe, run_dir: Path, *, use_cache: bool | None = None, compile: bool = False):
+    def __init__(self, recipe, run_dir: Path, *, use_cache: bool | None = None, attn: str | None = None,
+                 compile: bool = False):
         import torch
 
         from tuneforge.data.batching import length_grouped_batches
@@ -259,6 +260,8 @@ class Harness:
         model, self.params = build_model(recipe, resolved, spec, data.label_names, tokenizer.pad_token_id, tokenizer)
         if use_cache is not None:
             model.config.use_cache = use_cache
+        if attn is not None:
+            model.set_attn_implementation(attn)
         self.cfg = cfg = recipe.train
         optimizer = build_optimizer(model, cfg)
         self.scheduler = build_scheduler(optimizer, cfg, 10_000)
@@ -306,12 +309,18 @@ class Harness:
         return sum(self.lengths[j] for j in idx)
 
     def timed(self, n: int) -> dict:
-        tokens, t0 = 0, time.perf_counter()
+        """``n`` steps; tokens/s over all of them, and the median step (this VM's step times wander by
+        +-10% from one second to the next, so the median is the steadier figure)."""
+        tokens, times = 0, []
         for _ in range(n):
+            t0 = time.perf_counter()
             tokens += self.step()
-        seconds = time.perf_counter() - t0
+            times.append(time.perf_counter() - t0)
+        seconds = sum(times)
+        median = sorted(times)[n // 2] if n % 2 else sum(sorted(times)[n // 2 - 1:n // 2 + 1]) / 2
         return {"steps": n, "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
-                "step_s": seconds / n}
+                "step_s": seconds / n, "median_step_s": median, "min_step_s": min(times), "max_step_s": max(times),
+                "median_tokens_per_s": tokens / n / median}
 
 
 def efficiency(tokens_per_s: float, flops_per_token: float, pk: dict) -> dict:
@@ -331,6 +340,7 @@ def profile_precision(args, precision: str, workdir: Path, run_dir: Path, pk: di
     plain.update(efficiency(plain["tokens_per_s"], h.flops_per_token, pk))
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         profiled = h.timed(args.profile_steps)
+    profiled.update(efficiency(profiled["tokens_per_s"], h.flops_per_token, pk))
     events = list(prof.events())
     steps = [e for e in events if e.name == "tf::step"]
     step_us = sum(e.cpu_time_total for e in steps)
@@ -477,28 +487,31 @@ def time_shapes(shapes: list[tuple], pk: dict) -> list[dict]:
 # ------------------------------------------------------------------------------------ 4. what-if
 WIDE = ["model.architecture.hidden=768", "model.architecture.heads=12"]
 WHAT_IF = [  # (label, recipe overrides, harness options)
-    ("recipe (batch 16, width 384)", [], {}),
+    ("recipe (batch 16, width 384, sdpa attention)", [], {}),
     ("recipe, model.config.use_cache=False", [], {"use_cache": False}),
+    ("recipe, eager attention (matmul + softmax)", [], {"attn": "eager"}),
     ("batch 64", ["train.batch_size=64"], {}),
     ("width 768, 12 heads", WIDE, {}),
-    ("batch 64, width 768", ["train.batch_size=64", *WIDE], {}),
+    ("width 768, 12 heads, eager attention", WIDE, {"attn": "eager"}),
 ]
 COMPILED = ("recipe + torch.compile", [], {"compile": True})
+AGAIN = ("recipe again (drift check)", [], {})
 
 
 def what_if(args, workdir: Path, run_dir: Path, pk: dict) -> list[dict]:
     rows = []
-    for label, extra, options in [*WHAT_IF, *([COMPILED] if args.compile else [])]:
+    for label, extra, options in [*WHAT_IF, *([COMPILED] if args.compile else []), AGAIN]:
         recipe = make_recipe(args, "bf16", workdir, extra)
         h = Harness(recipe, run_dir, **options)
         warm = h.timed(2 if options.get("compile") else 1)
         r = h.timed(args.what_if_steps)
-        r.update(efficiency(r["tokens_per_s"], h.flops_per_token, pk))
+        r.update(efficiency(r["median_tokens_per_s"], h.flops_per_token, pk))
         r.update({"variant": label, "overrides": extra, "options": options, "params": str(h.params),
                   "flops_per_token": h.flops_per_token, "warmup_seconds": warm["seconds"]})
         rows.append(r)
-        print(f"what-if {label}: {r['tokens_per_s']:.0f} tokens/s, {r['tflops']:.4f} TFLOP/s, "
-              f"MFU(bf16) {_pct(r['mfu_bf16'])} (warm-up {warm['seconds']:.1f} s)", flush=True)
+        print(f"what-if {label}: median step {r['median_step_s']:.3f} s ({r['min_step_s']:.3f}-{r['max_step_s']:.3f}), "
+              f"{r['median_tokens_per_s']:.0f} tokens/s, {r['tflops']:.4f} TFLOP/s, MFU(bf16) {_pct(r['mfu_bf16'])} "
+              f"(warm-up {warm['seconds']:.1f} s)", flush=True)
         del h
     return rows
 
@@ -506,6 +519,10 @@ def what_if(args, workdir: Path, run_dir: Path, pk: dict) -> list[dict]:
 # ------------------------------------------------------------------------------------ report
 def _pct(x, digits=1) -> str:
     return "n/a" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def _steps(r: dict) -> str:
+    return f"{r['median_step_s']:.3f} ({r['min_step_s']:.3f}-{r['max_step_s']:.3f})"
 
 
 def _f(x, fmt=".3f") -> str:
@@ -519,15 +536,16 @@ def tables(report: dict) -> list[str]:
     lines = ["**MFU as tuneforge reports it** (`train()`, last `metrics.jsonl` record: the loop's meter over "
              f"steps {max(1, report['config']['steps'] - 20)}-{report['config']['steps']}) and in the plain-timed "
              "harness (the same step body, no profiler):", "",
-             "| precision | tokens/s (train) | model TFLOP/s | MFU vs own-precision peak | MFU vs bf16 peak | "
-             "tokens/s (harness) | s/step (harness) | MFU vs bf16 peak (harness) |",
+             "| precision | train(): tokens/s | train(): model TFLOP/s | train(): MFU vs own-precision peak | "
+             "train(): MFU vs bf16 peak | harness: tokens/s | harness: s/step, median (min-max) | "
+             "harness: MFU vs bf16 peak |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for p in precisions:
         t, pl = res[p]["train"]["record"], res[p]["profile"]["plain"]
         own = t.get("mfu")
         vs_bf16 = t["tflops"] * 1e12 / pk["bf16"]["flops"] if pk.get("bf16") else None
         lines.append(f"| {p} | {t['tokens_per_s']:,.0f} | {t['tflops']:.4f} | {_pct(own)} | {_pct(vs_bf16)} | "
-                     f"{pl['tokens_per_s']:,.0f} | {pl['step_s']:.3f} | {_pct(pl['mfu_bf16'])} |")
+                     f"{pl['tokens_per_s']:,.0f} | {_steps(pl)} | {_pct(pl['mfu_bf16'])} |")
     lines += ["", "**Where a step's time goes** (self CPU time per category, `torch.profiler`, "
               f"{report['config']['profile_steps']} steps; shares of the profiled step):", "",
               "| category | " + " | ".join(f"{p} ms/step | {p} share" for p in precisions) + " |",
@@ -540,7 +558,7 @@ def tables(report: dict) -> list[str]:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("| **profiled step** | " + " | ".join(
         f"**{res[p]['profile']['profiled_step_ms']:.1f}** | 100%" for p in precisions) + " |")
-    lines.append("| plain step (no profiler) | " + " | ".join(
+    lines.append("| plain step (no profiler), mean | " + " | ".join(
         f"{1e3 * res[p]['profile']['plain']['step_s']:.1f} | " for p in precisions) + " |")
     lines += ["", "By phase (inclusive time of the step's markers):", "",
               "| phase | " + " | ".join(f"{p} ms/step | {p} share" for p in precisions) + " |",
@@ -584,12 +602,16 @@ def tables(report: dict) -> list[str]:
                      f"{_f(float(f32) / 1e12 if f32 else None, '.3f')} |")
     if report.get("what_if"):
         lines += ["", "**What raises it** (bf16, plain-timed harness, "
-                  f"{report['config']['what_if_steps']} steps after 1 warm-up step (2 with torch.compile), same data):", "",
-                  "| variant | parameters | model MFLOP/token | tokens/s | model TFLOP/s | MFU vs bf16 peak |",
-                  "| --- | --- | ---: | ---: | ---: | ---: |"]
+                  f"{report['config']['what_if_steps']} steps after 1 warm-up step (2 with torch.compile), same data; "
+                  "MFU from the median step):", "",
+                  "| variant | parameters | model MFLOP/token | s/step, median (min-max) | tokens/s (median step) | "
+                  "model TFLOP/s | MFU vs bf16 peak |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in report["what_if"]:
-            lines.append(f"| {r['variant']} | {r['params']} | {r['flops_per_token'] / 1e6:.1f} | "
-                         f"{r['tokens_per_s']:,.0f} | {r['tflops']:.4f} | {_pct(r['mfu_bf16'])} |")
+            n_params = re.search(r"/ ([\d,]+)", r["params"])
+            lines.append(f"| {r['variant']} | {n_params.group(1) if n_params else r['params']} | "
+                         f"{r['flops_per_token'] / 1e6:.1f} | {_steps(r)} | {r['median_tokens_per_s']:,.0f} | "
+                         f"{r['tflops']:.4f} | {_pct(r['mfu_bf16'])} |")
     return lines
 
 
@@ -693,11 +715,11 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=30, help="train() optimizer steps per precision (default 30)")
     p.add_argument("--log-every", type=int, default=10, help="train.log_every_steps (default 10)")
-    p.add_argument("--profile-steps", type=int, default=5, help="steps timed plainly, then profiled (default 5)")
+    p.add_argument("--profile-steps", type=int, default=10, help="steps timed plainly, then profiled (default 10)")
     p.add_argument("--precision", choices=["bf16", "fp32", "both"], default="both")
     p.add_argument("--what-if", dest="what_if", action=argparse.BooleanOptionalAction, default=True,
                    help="time bigger variants in bf16 (default on)")
-    p.add_argument("--what-if-steps", type=int, default=3, help="timed steps per what-if variant (default 3)")
+    p.add_argument("--what-if-steps", type=int, default=5, help="timed steps per what-if variant (default 5)")
     p.add_argument("--compile", action="store_true",
                    help="add a torch.compile what-if variant (compiling takes a few minutes on 2 cores)")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
