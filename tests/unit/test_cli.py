@@ -59,8 +59,8 @@ def test_unknown_recipe_key(tmp_path):
     path.write_text("name: t\ndata:\n  train_file: x.tsv\nmodel:\n  nmae: minilm-l6\n")
     result = invoke("run", path)
     assert result.exit_code == 2
-    assert "model.nmae: unknown key (did you mean 'name'?); allowed keys here: allow_pickle, max_length, name, " \
-           "trust_remote_code" in result.output
+    assert "model.nmae: unknown key (did you mean 'name'?); allowed keys here: allow_pickle, architecture, " \
+           "max_length, name, tokenizer, trust_remote_code" in result.output
     assert "Traceback" not in result.output
 
 

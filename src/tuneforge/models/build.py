@@ -58,9 +58,11 @@ def resolve_recipe_model(model_section, *, require_weights: bool = True, run_dir
                          has_weights=False)
 
 
-def train_run_tokenizer(model_section, records: list[dict], run_dir) -> None:
+def train_run_tokenizer(model_section, records: list[dict], run_dir, separator: str = "") -> None:
     """Train ``model.tokenizer`` (settings, not a path) on the training rows' text into <run_dir>/tokenizer,
-    unless a finished one with the same settings is there (a resumed run keeps its vocabulary)."""
+    unless a finished one with the same settings is there (a resumed run keeps its vocabulary).
+    ``separator`` (data.formatting.document_separator) follows every text, as in training, so its
+    characters are in the vocabulary."""
     import json
     from pathlib import Path
 
@@ -73,7 +75,8 @@ def train_run_tokenizer(model_section, records: list[dict], run_dir) -> None:
             return
     except (OSError, ValueError, KeyError):
         pass
-    texts = (t for r in records for t in (r.get("text"), r.get("source"), r.get("target")) if t)
+    texts = (t for r in records for t in ((r["text"] + separator) if r.get("text") else None,
+                                          r.get("source"), r.get("target")) if t)
     train_tokenizer(texts, cfg, out)
 
 

@@ -150,7 +150,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
 
     if recipe.model.architecture is not None and not isinstance(recipe.model.tokenizer, str):
         if is_main:
-            train_run_tokenizer(recipe.model, data.records["train"], run_dir)
+            train_run_tokenizer(recipe.model, data.records["train"], run_dir, recipe.data.formatting.document_separator)
         accelerator.wait_for_everyone()
     resolved = resolve_recipe_model(recipe.model, run_dir=run_dir)
     set_seed(recipe.seed)
