@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,13 +34,9 @@ def peak_file() -> Path:
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown cpu"
+    from tuneforge.train.manifest import cpu_model  # the run manifest names the CPU the same way
+
+    return cpu_model() or "unknown cpu"
 
 
 def fingerprint(device: str, dtype: str) -> dict:
