@@ -47,7 +47,13 @@ def _guard(fn, *args, **kwargs):
 
 def _load(recipe: Path, overrides: Optional[List[str]]):
     from tuneforge.recipe import load_recipe
+    from tuneforge.tune import has_search
 
+    if Path(recipe).exists() and has_search(recipe):
+        from tuneforge.errors import RecipeError
+
+        raise RecipeError(f"{recipe} has a search: section: run the study with `tuneforge tune {recipe}` (remove "
+                          "search: to train the recipe once)")
     return load_recipe(recipe, overrides or [])
 
 
@@ -61,6 +67,18 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."), overr
 
         from tuneforge.stages import is_stages_file, load_stages, plan
 
+        from tuneforge.tune import has_search
+
+        if Path(recipe).exists() and has_search(recipe):
+            from tuneforge.tune.run import load_tune
+
+            spec = load_tune(recipe, overrides or [])
+            s = spec.search
+            grid = f", {s.grid_size()} grid points" if s.sampler == "grid" else ""
+            print(f"{recipe}: valid study: {len(s.parameters)} parameters ({', '.join(s.parameters)}){grid}; "
+                  f"{s.sampler} sampler, {s.pruner} pruner, {spec.direction} {spec.metric}; up to "
+                  f"{s.trial_budget()} trials in {spec.study_dir}")
+            return
         if Path(recipe).exists() and is_stages_file(recipe):
             runs = plan(load_stages(recipe, overrides or []))
             for r in runs:
@@ -236,6 +254,40 @@ def export(run_dir: Path = typer.Argument(..., help="A run directory (runs/<name
         cfg = load_config(ExportConfig, None, overrides, base={"run_dir": str(run_dir)})
         out = run_export(cfg)
         print(f"exported model: {out}")
+    _guard(body)
+
+
+@app.command("tune")
+def tune_cmd(recipe: Path = typer.Argument(..., help="Recipe YAML file with a search: section."),
+             overrides: Optional[List[str]] = OVERRIDES,
+             workers: int = typer.Option(1, "--workers", min=1, help="Trials run in parallel processes on this "
+                                         "machine, sharing the study's storage (the CPU threads are split)."),
+             storage: Optional[str] = typer.Option(None, "--storage", help="Study database URL shared by several "
+                                                   "machines, e.g. postgresql://user@host/db (default: SQLite file "
+                                                   "runs/<name>/study.db)."),
+             overwrite: bool = typer.Option(False, "--overwrite", help="Delete the study and its trials and start "
+                                            "over (default: resume it)."),
+             retrain_best: bool = typer.Option(False, "--retrain-best", help="After the search, train the best "
+                                               "configuration on train + validation and evaluate it on the test "
+                                               "split.")):
+    """Hyperparameter search over any recipe keys (grid, random, TPE, CMA-ES; median/ASHA/Hyperband pruning).
+
+    A killed or finished study resumes when run again: finished trials are kept, an interrupted one runs again.
+    """
+    def body():
+        from tuneforge.tune.run import load_tune, tune
+
+        spec = load_tune(recipe, overrides or [])
+        result = tune(spec, workers=workers, storage=storage, overwrite=overwrite, retrain_best=retrain_best)
+        counts = ", ".join(f"{n} {state.lower()}" for state, n in result.counts.items())
+        print(f"trials: {counts}; {result.total_steps:,} training steps in total")
+        if result.best_number is not None:
+            params = ", ".join(f"{k}={v}" for k, v in result.best_params.items())
+            print(f"best: trial {result.best_number}, {spec.metric} {result.best_value:.4f} ({params})")
+        if result.retrained is not None:
+            print(f"retrained best: test {spec.metric} {result.retrained.metrics.get(spec.metric):.4f}; "
+                  f"run directory {result.retrained.run_dir}")
+        print(f"report: {result.report}")
     _guard(body)
 
 

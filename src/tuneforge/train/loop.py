@@ -39,6 +39,7 @@ class LoopInputs:
     evaluate: Callable[[object, int], dict]  # (model, step) -> metrics (incl. "loss"), same on every process
     ckpt_dir: Path
     metrics_file: Path
+    on_evaluate: Callable[[int, dict], None] | None = None  # (step, metrics) after each evaluation; may raise
 
 
 def _epoch_batches(inp: LoopInputs, epoch: int, world: int) -> list[list[int]]:
@@ -160,6 +161,8 @@ def _evaluate_and_checkpoint(inp: LoopInputs, state: TrainState, progress: Train
                                                             if isinstance(v, (int, float))}}
     _log(inp, record)
     state.history.append(record)
+    if inp.on_evaluate is not None:
+        inp.on_evaluate(state.global_step, metrics)
     value = metrics[cfg.metric_for_best]
     if metric_is_better(cfg.metric_for_best, value, state.best_metric):
         state.best_metric, state.best_step = value, state.global_step

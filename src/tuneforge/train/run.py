@@ -14,6 +14,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from tuneforge.errors import TuneforgeError
 from tuneforge.recipe import Recipe, recipe_to_yaml
@@ -113,8 +114,15 @@ def _make_accelerator(requested_precision: str):
     return Accelerator(mixed_precision=mixed, cpu=device_type == "cpu"), precision
 
 
-def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
-    """Fine-tune per ``recipe``; evaluate the best checkpoint; export if ``recipe.export.enabled``."""
+def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, prepared: Path | None = None,
+          on_evaluate: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Fine-tune per ``recipe``; evaluate the best checkpoint; export if ``recipe.export.enabled``.
+
+    ``prepared``: a directory of already prepared splits (``prepare_task_data``) to train on instead of
+    running the data stage (the tuner prepares once for all its trials, and retrains on train+validation).
+    ``on_evaluate(step, metrics)`` is called after every evaluation during training; an exception it
+    raises stops the run there (the tuner's pruning).
+    """
     from accelerate.utils import gather_object, set_seed
 
     from tuneforge.data.prepare import encode_cached, load_prepared, prepare_task_data
@@ -139,8 +147,8 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
     # --- data: fails fast, before any model is loaded
     # Only the main process prepares (it writes files); the others read the same prepared splits.
     spec = spec_for(recipe)
-    data_dir = run_dir / "data"
-    if is_main:
+    data_dir = Path(prepared) if prepared is not None else run_dir / "data"
+    if is_main and prepared is None:
         prepare_task_data(recipe.data, recipe.seed, data_dir, spec)
     accelerator.wait_for_everyone()
     data = load_prepared(data_dir)
@@ -213,7 +221,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False) -> T
     inputs = LoopInputs(accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
                         train=train_enc, pad_id=tokenizer.pad_token_id, cfg=cfg, seed=recipe.seed,
                         precision=precision, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-                        evaluate=evaluate, ckpt_dir=ckpt_dir, metrics_file=metrics_file)
+                        evaluate=evaluate, ckpt_dir=ckpt_dir, metrics_file=metrics_file, on_evaluate=on_evaluate)
     state = train_loop(inputs, state)
     seconds = time.perf_counter() - start
     examples_per_s = _examples_per_s(metrics_file)
