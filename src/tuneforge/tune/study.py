@@ -37,11 +37,12 @@ def open_storage(url: str):
 def make_sampler(search: SearchSection, seed: int, worker: int = 0):
     import optuna
 
+    if search.sampler == "grid":
+        # One seed for every worker: the seed orders the grid, and a grid point is known by its position.
+        return _GridSampler(search.grid(), seed=seed)
     # Each worker draws from its own stream: with one seed, parallel random/TPE workers would propose the
     # same points at the same time.
     seed = seed + 1000 * worker
-    if search.sampler == "grid":
-        return _GridSampler(search.grid(), seed=seed)
     if search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if search.sampler == "tpe":
