@@ -226,6 +226,31 @@ def test_sigkill_mid_trial_then_resume_keeps_finished_trials(tune_recipe, tmp_pa
     assert len(complete) == 4 and len(set(complete)) == 4  # the whole grid, each point once
 
 
+def test_a_trial_whose_machine_went_silent_runs_again(tmp_path):
+    """Workers on other machines notice a dead one by its missing heartbeats (3 intervals)."""
+    from optuna.trial import TrialState
+
+    from tuneforge.tune.space import SearchSection
+    from tuneforge.tune.study import heartbeat, load_study, recover_stale, storage_url
+
+    search = SearchSection.model_validate({"sampler": "random", "heartbeat_seconds": 1, "parameters": {
+        "train.learning_rate": {"low": 1e-4, "high": 1e-2}}})
+    study = load_study("s", storage_url(tmp_path, None), search, 0, "maximize", create=True)
+    trial = study.ask()
+    value = trial.suggest_float("train.learning_rate", 1e-4, 1e-2)
+    trial.set_user_attr("host", "another-machine")  # not this machine: no process to look at
+    with heartbeat(study, trial, 1):
+        time.sleep(1.5)
+        assert recover_stale(study) == []  # alive: heard from within the last 3 s
+    time.sleep(3.5)
+    assert recover_stale(study) == [trial.number]
+    dead = study.get_trials()[0]
+    assert dead.state == TrialState.FAIL
+    again = study.ask()  # the queued retry comes before anything the sampler proposes
+    assert again.user_attrs["retry_of"] == trial.number and "no heartbeat" in again.user_attrs["retry_reason"]
+    assert again.suggest_float("train.learning_rate", 1e-4, 1e-2) == value
+
+
 def test_resume_refuses_a_changed_search_space(tune_recipe, one_thread):
     search = {"sampler": "random", "trials": 1, "parameters": {"train.learning_rate": {"low": 1e-3, "high": 1e-2}}}
     path = tune_recipe(search, epochs=1)

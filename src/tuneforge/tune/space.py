@@ -148,6 +148,8 @@ class SearchSection(Section):
         "pruner decision points.")
     reduction_factor: int = Field(3, ge=2, description="asha/hyperband: keep about 1 in this many trials at each "
                                                        "rung.")
+    heartbeat_seconds: int = Field(60, ge=1, description="A running trial records a heartbeat this often; one "
+                                   "silent for 3 heartbeats (its machine died) is run again by another worker.")
     keep_checkpoints: bool = Field(False, description="Keep every trial's checkpoints (disk: a full training state "
                                                       "each); by default only their metrics and reports stay.")
     export_trials: bool = Field(False, description="Export every trial's model (export: settings of the recipe); "
@@ -193,7 +195,8 @@ class SearchSection(Section):
 
     def identity(self) -> dict:
         """What makes two studies the same study (budgets may change between invocations)."""
-        budgets = {"trials", "timeout_minutes", "max_total_steps", "keep_checkpoints", "export_trials"}
+        budgets = {"trials", "timeout_minutes", "max_total_steps", "keep_checkpoints", "export_trials",
+                   "heartbeat_seconds"}
         return self.model_dump(mode="json", exclude=budgets)
 
 

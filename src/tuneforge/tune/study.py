@@ -26,12 +26,17 @@ def storage_url(study_dir: Path, storage: str | None) -> str:
     return storage or f"sqlite:///{(Path(study_dir) / STUDY_DB).resolve()}"
 
 
-def open_storage(url: str):
+def open_storage(url: str, heartbeat_seconds: int | None = None):
+    """Optuna's RDB storage. With ``heartbeat_seconds``, running trials record a heartbeat that often, and a
+    trial silent for 3 heartbeats counts as dead (its machine died): how workers on other machines notice."""
     import optuna
 
     # Several local processes write to one SQLite file: wait for its lock instead of failing at once.
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    beat = {} if heartbeat_seconds is None else {
+        "heartbeat_interval": heartbeat_seconds, "grace_period": 3 * heartbeat_seconds,
+        "heartbeat_stale_trial_callback": _run_again}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **beat)
 
 
 def make_sampler(search: SearchSection, seed: int, worker: int = 0):
@@ -86,10 +91,17 @@ def load_study(name: str, url: str, search: SearchSection, seed: int, direction:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(study_name=name, storage=open_storage(url), direction=direction,
+    import warnings
+
+    # Heartbeats are an "experimental" Optuna feature documented for Study.optimize; our ask/tell loop
+    # records them itself (``heartbeat``), which is what optimize does too.
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used", category=UserWarning)
+    warnings.filterwarnings("ignore", message=".*heartbeat_interval.*", category=optuna.exceptions.ExperimentalWarning)
+    storage = open_storage(url, search.heartbeat_seconds)
+    return optuna.create_study(study_name=name, storage=storage, direction=direction,
                                sampler=make_sampler(search, seed, worker), pruner=make_pruner(search),
                                load_if_exists=True) if create else \
-        optuna.load_study(study_name=name, storage=open_storage(url), sampler=make_sampler(search, seed, worker),
+        optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(search, seed, worker),
                           pruner=make_pruner(search))
 
 
@@ -124,9 +136,13 @@ def _alive(pid: int) -> bool:
 
 
 def recover_stale(study) -> list[int]:
-    """Fail RUNNING trials whose process on this machine is gone (SIGKILL, power loss...) and queue their
-    parameters again, so a resumed study re-runs the interrupted point and keeps every finished one.
+    """Fail RUNNING trials that will never finish and queue their parameters again, so a resumed study re-runs
+    the interrupted point and keeps every finished one: at once for a trial whose process on this machine is
+    gone (SIGKILL, out of memory, reboot), after 3 missed heartbeats for a trial of another machine.
     Returns the numbers of the recovered trials."""
+    import warnings
+
+    import optuna
     from optuna.trial import TrialState
 
     host, recovered = socket.gethostname(), []
@@ -134,13 +150,47 @@ def recover_stale(study) -> list[int]:
         pid = t.user_attrs.get("pid")
         if t.user_attrs.get("host") != host or pid is None or pid == os.getpid() or _alive(pid):
             continue
-        storage = study._storage
-        storage.set_trial_user_attr(t._trial_id, "error", f"its process ({pid}) died before it finished")
-        storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-        if t.params:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
-        recovered.append(t.number)
+        study._storage.set_trial_user_attr(t._trial_id, "error", f"its process ({pid}) died before it finished")
+        if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+            _run_again(study, t, why=f"process {pid} died")
+            recovered.append(t.number)
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # heartbeats (calls _run_again for each)
+    recovered += sorted({t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))} - before
+                        - set(recovered))
     return recovered
+
+
+def _run_again(study, trial, why: str = "no heartbeat for 3 intervals (its machine or process died)") -> None:
+    """Queue a dead trial's parameters as a new trial (which takes them before the sampler proposes any).
+    Also Optuna's callback for trials failed by missing heartbeats (a failed trial takes no more attributes,
+    so the reason goes on the retry)."""
+    if trial.params:
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "retry_reason": why},
+                            skip_if_exists=False)
+
+
+@contextlib.contextmanager
+def heartbeat(study, trial, seconds: int):
+    """Record ``trial``'s heartbeat every ``seconds`` while the block runs (a daemon thread)."""
+    import threading
+
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            study._storage.record_heartbeat(trial._trial_id)
+            stop.wait(seconds)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=seconds + 5)
 
 
 def counted_trials(study) -> list:

@@ -18,8 +18,8 @@ from typing import Any
 
 from tuneforge.errors import TuneforgeError
 from tuneforge.tune.space import SearchSection, active, with_params
-from tuneforge.tune.study import (claim, counted_trials, grid_taken, is_duplicate, load_study, recover_stale,
-                                  steps_used, study_lock)
+from tuneforge.tune.study import (claim, counted_trials, grid_taken, heartbeat, is_duplicate, load_study,
+                                  recover_stale, steps_used, study_lock)
 
 #: A study whose trials fail this many times in a row stops: the recipe, not the parameters, is broken.
 MAX_FAILURES_IN_A_ROW = 3
@@ -166,7 +166,8 @@ def run_worker(job: WorkerJob) -> str:
                 continue
         say(f"trial {trial.number}: " + ", ".join(f"{k}={_short(v)}" for k, v in params.items()))
         start = time.perf_counter()
-        outcome = run_trial(job, trial, params, say)
+        with heartbeat(study, trial, search.heartbeat_seconds):
+            outcome = run_trial(job, trial, params, say)
         trial.set_user_attr("steps", int(outcome["steps"]))
         trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))
         if outcome.get("error"):
