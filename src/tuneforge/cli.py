@@ -278,7 +278,12 @@ def tune_cmd(recipe: Path = typer.Argument(..., help="Recipe YAML file with a se
         from tuneforge.tune.run import load_tune, tune
 
         spec = load_tune(recipe, overrides or [])
-        result = tune(spec, workers=workers, storage=storage, overwrite=overwrite, retrain_best=retrain_best)
+        try:
+            result = tune(spec, workers=workers, storage=storage, overwrite=overwrite, retrain_best=retrain_best)
+        except KeyboardInterrupt:
+            _err("interrupted; run the same command again to resume the study (finished trials are kept, the "
+                 "interrupted one runs again)")
+            raise typer.Exit(130) from None
         counts = ", ".join(f"{n} {state.lower()}" for state, n in result.counts.items())
         print(f"trials: {counts}; {result.total_steps:,} training steps in total")
         if result.best_number is not None:
