@@ -121,6 +121,23 @@ def test_conditional_parameter_only_when_its_condition_holds(tune_recipe, one_th
             assert "lora.r" not in t["params"] and "lora" not in recipe
 
 
+def test_a_re_proposed_point_reuses_the_complete_result(tune_recipe, one_thread):
+    # 5 draws from 2 values: the sampler must propose a finished point again.
+    path = tune_recipe({"sampler": "random", "trials": 5, "parameters": {
+        "train.learning_rate": {"choices": [3e-3, 1e-2]}}}, epochs=1)
+    _, result = _run(path)
+    trials = _trials(result.study_dir)
+    trained = [t for t in trials if "same_as" not in t["user_attrs"]]
+    reused = [t for t in trials if "same_as" in t["user_attrs"]]
+    assert len(trials) == 5 and len(trained) == 2 and len(reused) == 3
+    by_number = {t["number"]: t for t in trials}
+    for t in reused:
+        first = by_number[t["user_attrs"]["same_as"]]
+        assert t["params"] == first["params"] and t["value"] == first["value"] and t["user_attrs"]["steps"] == 0
+    assert result.total_steps == 2 * 6
+    assert "its result, not trained again" in (result.study_dir / "study.md").read_text()
+
+
 def test_step_budget_stops_new_trials(tune_recipe, one_thread):
     path = tune_recipe({"sampler": "random", "trials": 10, "max_total_steps": 20,
                         "parameters": {"train.learning_rate": {"low": 1e-3, "high": 1e-2}}}, epochs=2)

@@ -406,6 +406,8 @@ def _trial_note(trial) -> str:
         notes.append(_short_error(trial.user_attrs.get("error", "no error recorded")))
     if "retry_of" in trial.user_attrs:
         notes.append(f"retry of #{trial.user_attrs['retry_of']}")
+    if "same_as" in trial.user_attrs:
+        notes.append(f"same parameters as #{trial.user_attrs['same_as']}: its result, not trained again")
     return "; ".join(notes)
 
 

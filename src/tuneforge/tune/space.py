@@ -150,6 +150,9 @@ class SearchSection(Section):
                                                        "rung.")
     heartbeat_seconds: int = Field(60, ge=1, description="A running trial records a heartbeat this often; one "
                                    "silent for 3 heartbeats (its machine died) is run again by another worker.")
+    reuse_results: bool = Field(True, description="A trial drawn with the same parameters as a complete trial takes "
+                                "that trial's result instead of training again (a recipe and seed train the same "
+                                "model); samplers over few choices, such as TPE, re-propose points often.")
     keep_checkpoints: bool = Field(False, description="Keep every trial's checkpoints (disk: a full training state "
                                                       "each); by default only their metrics and reports stay.")
     export_trials: bool = Field(False, description="Export every trial's model (export: settings of the recipe); "
@@ -196,7 +199,7 @@ class SearchSection(Section):
     def identity(self) -> dict:
         """What makes two studies the same study (budgets may change between invocations)."""
         budgets = {"trials", "timeout_minutes", "max_total_steps", "keep_checkpoints", "export_trials",
-                   "heartbeat_seconds"}
+                   "heartbeat_seconds", "reuse_results"}
         return self.model_dump(mode="json", exclude=budgets)
 
 

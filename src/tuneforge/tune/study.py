@@ -220,6 +220,17 @@ def _point(params: dict[str, Any]) -> tuple:
     return tuple(sorted(params.items()))
 
 
+def same_as_complete(study, trial):
+    """The complete trial with exactly ``trial``'s parameters, or None."""
+    from optuna.trial import TrialState
+
+    point = _point(trial.params)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.number != trial.number and _point(t.params) == point and "same_as" not in t.user_attrs:
+            return t
+    return None
+
+
 def is_duplicate(study, trial, params: dict) -> bool:
     """A grid point another worker already covers. Only reachable with workers on several machines (local
     workers take points under ``study_lock``); the later trial gives way."""

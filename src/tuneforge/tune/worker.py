@@ -19,7 +19,7 @@ from typing import Any
 from tuneforge.errors import TuneforgeError
 from tuneforge.tune.space import SearchSection, active, with_params
 from tuneforge.tune.study import (claim, counted_trials, grid_taken, heartbeat, is_duplicate, load_study,
-                                  recover_stale, steps_used, study_lock)
+                                  recover_stale, same_as_complete, steps_used, study_lock)
 
 #: A study whose trials fail this many times in a row stops: the recipe, not the parameters, is broken.
 MAX_FAILURES_IN_A_ROW = 3
@@ -163,6 +163,16 @@ def run_worker(job: WorkerJob) -> str:
             if search.sampler == "grid" and is_duplicate(study, trial, trial.params):
                 trial.set_user_attr("skipped", "duplicate grid point (another worker has it)")
                 study.tell(trial, state=TrialState.FAIL)
+                continue
+            earlier = same_as_complete(study, trial) if search.reuse_results else None
+            if earlier is not None:
+                # The sampler re-proposed a finished point: the same recipe and seed would train the same
+                # model, so the study records that result again (it tells the sampler the point is known).
+                for key, value in (("same_as", earlier.number), ("steps", 0), ("seconds", 0.0)):
+                    trial.set_user_attr(key, value)
+                study.tell(trial, earlier.value)
+                say(f"trial {trial.number}: same parameters as trial {earlier.number}: {job.metric} "
+                    f"{earlier.value:.4f} reused, not trained again")
                 continue
         say(f"trial {trial.number}: " + ", ".join(f"{k}={_short(v)}" for k, v in params.items()))
         start = time.perf_counter()
