@@ -39,15 +39,23 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
     out = copy.deepcopy(data)
     for text in overrides:
-        parts, value = parse_override(text)
-        node = out
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                # e.g. `freeze: none` overridden with freeze.first_n_layers=2: the scalar becomes a section.
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = value
+        set_key(out, *parse_override(text))
     return out
+
+
+def set_key(data: dict, parts: list[str], value: Any) -> None:
+    """Set ``data[parts[0]][parts[1]]...`` to ``value`` in place; missing sections are created, and a number
+    indexes a list (data.sources.0.weight)."""
+    node: Any = data
+    for part in parts[:-1]:
+        if part.isdigit() and isinstance(node, list):
+            node = node[int(part)]
+            continue
+        if not isinstance(node.get(part), dict):
+            # e.g. `freeze: none` overridden with freeze.first_n_layers=2: the scalar becomes a section.
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
 
 
 def read_yaml(path: str | Path) -> dict:

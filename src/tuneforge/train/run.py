@@ -51,6 +51,12 @@ def recipe_hash(recipe: Recipe) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
+def schedule_steps(examples: int, cfg) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps) for ``examples`` training examples under ``cfg`` (TrainSection)."""
+    steps_per_epoch = math.ceil(math.ceil(examples / cfg.batch_size) / cfg.gradient_accumulation_steps)
+    return steps_per_epoch, cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+
+
 def _console():
     from rich.console import Console
 
@@ -169,9 +175,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, prep
     say(f"model: {resolved.name} ({resolved.source}: {resolved.path}); method {recipe.method}; {params}")
 
     cfg = recipe.train
-    batches_per_epoch = math.ceil(len(train_enc) / cfg.batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps)
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    steps_per_epoch, total_steps = schedule_steps(len(train_enc), cfg)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -9,9 +9,9 @@ what the search varies), ``study.md`` and its plots.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import math
 import multiprocessing
 import os
 import shutil
@@ -103,7 +103,7 @@ def tune(spec: TuneSpec, *, workers: int = 1, storage: str | None = None, overwr
         if storage is not None:
             from tuneforge.tune.study import open_storage
 
-            with _quiet_missing():
+            with contextlib.suppress(KeyError):  # no such study in that database yet
                 optuna.delete_study(study_name=name, storage=open_storage(url))
     study_dir.mkdir(parents=True, exist_ok=True)
     study = load_study(name, url, spec.search, _seed(spec), spec.direction, create=True)
@@ -126,14 +126,6 @@ def tune(spec: TuneSpec, *, workers: int = 1, storage: str | None = None, overwr
 
 def _seed(spec: TuneSpec) -> int:
     return spec.search.seed if spec.search.seed is not None else spec.recipe.seed
-
-
-class _quiet_missing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        return kind is KeyError
 
 
 def _check_same_study(study, spec: TuneSpec) -> None:
@@ -233,7 +225,7 @@ def retrain(spec: TuneSpec, url: str, say=print):
     schedule, now over more rows), so the test figure is an honest estimate of the tuned recipe.
     """
     from tuneforge.data.prepare import PREPARED_FILE, load_prepared
-    from tuneforge.train.run import train
+    from tuneforge.train.run import schedule_steps, train
     from tuneforge.tune.study import load_study
 
     study = load_study(spec.recipe.name, url, spec.search, _seed(spec), spec.direction)
@@ -258,12 +250,12 @@ def retrain(spec: TuneSpec, url: str, say=print):
     (out / PREPARED_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
     recipe = Recipe.model_validate(with_params(spec.base, params))
-    cfg = recipe.train
-    steps_per_epoch = math.ceil(math.ceil(len(splits["train"]) / cfg.batch_size) / cfg.gradient_accumulation_steps)
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    _, total = schedule_steps(len(splits["train"]), recipe.train)
+    # max_steps pins the schedule to `total` even where encoding makes more examples than rows (QA windows,
+    # packing), so the one evaluation really is after the last step.
     recipe = Recipe.model_validate(with_params(spec.base, {
-        **params, "name": "best", "output_dir": str(spec.study_dir), "train.eval_every_steps": total,
-        "train.early_stopping_patience": None}))
+        **params, "name": "best", "output_dir": str(spec.study_dir), "train.max_steps": total,
+        "train.eval_every_steps": total, "train.early_stopping_patience": None}))
     say(f"retraining trial {best.number}'s configuration on {len(splits['train']):,} train + validation rows, "
         f"{total} steps; evaluating on {len(splits['validation']):,} test rows")
     result = train(recipe, overwrite=True, prepared=out)

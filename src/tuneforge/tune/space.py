@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from tuneforge.config_io import _section_type, apply_overrides, format_validation_error, read_yaml
+from tuneforge.config_io import _section_type, apply_overrides, format_validation_error, read_yaml, set_key
 from tuneforge.errors import RecipeError
 from tuneforge.sections import Section
 
@@ -218,16 +218,7 @@ def with_params(base: dict, params: dict[str, Any]) -> dict:
 
     out = copy.deepcopy(base)
     for path, value in params.items():
-        node: Any = out
-        parts = path.split(".")
-        for part in parts[:-1]:
-            if part.isdigit() and isinstance(node, list):
-                node = node[int(part)]
-                continue
-            if not isinstance(node.get(part), dict):
-                node[part] = {}  # e.g. `freeze: none` searched as freeze.first_n_layers
-            node = node[part]
-        node[parts[-1]] = copy.deepcopy(value)
+        set_key(out, path.split("."), copy.deepcopy(value))
     return out
 
 

@@ -44,7 +44,7 @@ def make_sampler(search: SearchSection, seed: int, worker: int = 0):
 
     if search.sampler == "grid":
         # One seed for every worker: the seed orders the grid, and a grid point is known by its position.
-        return _GridSampler(search.grid(), seed=seed)
+        return _grid_sampler(search.grid(), seed=seed)
     # Each worker draws from its own stream: with one seed, parallel random/TPE workers would propose the
     # same points at the same time.
     seed = seed + 1000 * worker
@@ -55,7 +55,7 @@ def make_sampler(search: SearchSection, seed: int, worker: int = 0):
     return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=search.startup_trials)
 
 
-def _grid_sampler_class():
+def _grid_sampler(grid: dict, seed: int):
     import optuna
 
     class GridSampler(optuna.samplers.GridSampler):
@@ -65,11 +65,7 @@ def _grid_sampler_class():
         def after_trial(self, study, trial, state, values) -> None:
             return None
 
-    return GridSampler
-
-
-def _GridSampler(grid: dict, seed: int):
-    return _grid_sampler_class()(grid, seed=seed)
+    return GridSampler(grid, seed=seed)
 
 
 def make_pruner(search: SearchSection):
@@ -231,10 +227,10 @@ def same_as_complete(study, trial):
     return None
 
 
-def is_duplicate(study, trial, params: dict) -> bool:
+def is_duplicate(study, trial) -> bool:
     """A grid point another worker already covers. Only reachable with workers on several machines (local
     workers take points under ``study_lock``); the later trial gives way."""
-    point = _point(params)
+    point = _point(trial.params)
     for t in counted_trials(study):
         if t.number != trial.number and t.params and _point(t.params) == point and (
                 t.state.is_finished() or t.number < trial.number):

@@ -13,6 +13,7 @@ import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,11 @@ class WorkerJob:
     started: float = field(default_factory=time.time)  # budgets count from the start of the invocation
     quiet: bool = False
 
+    @cached_property
+    def section(self) -> SearchSection:
+        """The validated search section (validated once per worker, not per trial)."""
+        return SearchSection.model_validate(self.search)
+
 
 def trial_name(number: int) -> str:
     return f"trial-{number:04d}"
@@ -69,11 +75,10 @@ def trial_recipe(job: WorkerJob, number: int, params: dict[str, Any]):
     """The base recipe with the trial's values, running in <study>/trials/trial-NNNN."""
     from tuneforge.recipe import Recipe
 
-    search = SearchSection.model_validate(job.search)
     data = with_params(job.base, params)
     data["name"] = trial_name(number)
     data["output_dir"] = str(Path(job.study_dir) / "trials")
-    if not search.export_trials:
+    if not job.section.export_trials:
         data.setdefault("export", {})["enabled"] = False
     return Recipe.model_validate(data)
 
@@ -120,7 +125,7 @@ def run_trial(job: WorkerJob, trial, params: dict[str, Any], say) -> dict:
             (recipe.run_dir / "error.txt").write_text(traceback.format_exc())
         return {"state": "FAIL", "steps": last["step"], "error": f"{type(exc).__name__}: {exc}"}
     finally:
-        if recipe is not None and not SearchSection.model_validate(job.search).keep_checkpoints:
+        if recipe is not None and not job.section.keep_checkpoints:
             shutil.rmtree(recipe.run_dir / "checkpoints", ignore_errors=True)
 
 
@@ -132,8 +137,10 @@ def budget_spent(study, search: SearchSection, job: WorkerJob) -> str | None:
         return f"all {search.grid_size()} grid points done or running"
     if search.timeout_minutes is not None and time.time() - job.started >= 60 * search.timeout_minutes:
         return f"time budget of {search.timeout_minutes:g} min used (search.timeout_minutes)"
-    if search.max_total_steps is not None and steps_used(study) >= search.max_total_steps:
-        return f"{steps_used(study):,} training steps used of {search.max_total_steps:,} (search.max_total_steps)"
+    if search.max_total_steps is not None:
+        used = steps_used(study)
+        if used >= search.max_total_steps:
+            return f"{used:,} training steps used of {search.max_total_steps:,} (search.max_total_steps)"
     return None
 
 
@@ -146,7 +153,7 @@ def run_worker(job: WorkerJob) -> str:
 
         torch.set_num_threads(job.threads)
     say = (lambda *a: None) if job.quiet else _say(job.worker)
-    search = SearchSection.model_validate(job.search)
+    search = job.section
     study = load_study(job.study_name, job.storage, search, job.seed, job.direction, worker=job.worker)
     failures = 0
     while True:
@@ -160,7 +167,7 @@ def run_worker(job: WorkerJob) -> str:
             trial = study.ask()
             claim(trial, job.worker)
             params = suggest(trial, search)
-            if search.sampler == "grid" and is_duplicate(study, trial, trial.params):
+            if search.sampler == "grid" and is_duplicate(study, trial):
                 trial.set_user_attr("skipped", "duplicate grid point (another worker has it)")
                 study.tell(trial, state=TrialState.FAIL)
                 continue
