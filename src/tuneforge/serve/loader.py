@@ -1,0 +1,174 @@
+"""Load an exported model for serving: which task it does, its labels, its context, its device.
+
+Only inference libraries are imported here (transformers, and peft for a prefix/prompt export);
+nothing of tuneforge's training code. Weights load from safetensors unless the server was started
+with ``--allow-pickle`` (``tuneforge.models.resolve`` refuses pickle-only directories otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneforge.errors import TuneforgeError
+
+#: architecture suffix -> (served task, transformers auto class)
+TASKS = {
+    "ForSequenceClassification": ("classification", "AutoModelForSequenceClassification"),
+    "ForTokenClassification": ("token_classification", "AutoModelForTokenClassification"),
+    "ForCausalLM": ("causal_lm", "AutoModelForCausalLM"),
+}
+#: endpoints each task serves (besides /v1/models, /health, /metrics)
+ENDPOINTS = {
+    "classification": ["/v1/classify"],
+    "token_classification": ["/v1/tokens"],
+    "causal_lm": ["/v1/completions", "/v1/chat/completions"],
+}
+_EXPORT_MANIFEST = "tuneforge_export.json"  # written by tuneforge.models.methods.save_method_export
+
+
+@dataclass
+class ServedModel:
+    id: str
+    task: str  # a key of ENDPOINTS
+    model: Any
+    tokenizer: Any
+    device: Any
+    max_input_tokens: int  # longest input the model reads (prompt + generated tokens for causal LMs)
+    labels: list[str] = field(default_factory=list)  # label names by class index
+    problem_type: str | None = None  # single_label_classification, multi_label_classification or regression
+    created: int = field(default_factory=lambda: int(time.time()))
+    dtype: str = "fp32"  # compute precision: fp32, or bf16/fp16 autocast (weights stay fp32)
+
+    def autocast(self):
+        """The precision context for a forward pass: matmuls in bf16/fp16, norms and softmax in fp32."""
+        import torch
+
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.dtype)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    @property
+    def endpoints(self) -> list[str]:
+        return ENDPOINTS[self.task]
+
+
+def _architecture(model_dir: Path) -> str:
+    """The model class named by the export manifest or config.json."""
+    manifest = model_dir / _EXPORT_MANIFEST
+    if manifest.exists():
+        return json.loads(manifest.read_text())["model_class"]
+    config = model_dir / "config.json"
+    archs = json.loads(config.read_text()).get("architectures") or [] if config.exists() else []
+    if not archs:
+        raise TuneforgeError(f"{model_dir}: config.json names no architecture; tuneforge serve needs an exported "
+                             "task model (tuneforge export writes one)")
+    return archs[0]
+
+
+def task_of(architecture: str) -> tuple[str, str]:
+    for suffix, task in TASKS.items():
+        if architecture.endswith(suffix):
+            return task
+    kinds = ", ".join(f"*{s}" for s in TASKS)
+    raise TuneforgeError(f"the model is a {architecture}; tuneforge serve serves {kinds} models")
+
+
+def _export_kind(model_dir: Path) -> str:
+    manifest = model_dir / _EXPORT_MANIFEST
+    return json.loads(manifest.read_text())["how"] if manifest.exists() else "plain"
+
+
+def _check_weights(model_dir: Path, allow_pickle: bool):
+    """The directory's weights may be loaded: safetensors, or pickle with ``--allow-pickle``."""
+    from tuneforge.errors import ModelResolutionError
+    from tuneforge.models.resolve import resolve_model
+
+    try:
+        return resolve_model(str(model_dir), allow_pickle=allow_pickle)
+    except ModelResolutionError as exc:  # the shared message speaks of recipes; a server has a flag
+        raise ModelResolutionError(str(exc).replace("set `model.allow_pickle: true` in the recipe",
+                                                    "start the server with --allow-pickle")) from None
+
+
+def _load_weights(model_dir: Path, auto_class: str, resolved):
+    if resolved is None:
+        # a prefix/prompt or bottleneck-adapter export: the base model plus the method's files
+        from tuneforge.models.methods import load_method_export
+
+        return load_method_export(model_dir)
+    import transformers
+
+    from tuneforge.models.resolve import model_load_kwargs
+
+    return getattr(transformers, auto_class).from_pretrained(resolved.path, **model_load_kwargs(resolved))
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TuneforgeError(f"device {name!r} asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def context_length(model, tokenizer) -> int:
+    """The most tokens the model reads: its position table, capped by the tokenizer's declared limit."""
+    limits = [getattr(model.config, "max_position_embeddings", None), getattr(model.config, "n_positions", None)]
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_limit, int) and tok_limit < 10**9:
+        limits.append(tok_limit)
+    limits = [n for n in limits if isinstance(n, int) and n > 0]
+    return min(limits) if limits else 512
+
+
+def load_served_model(model_dir: Path | str, *, allow_pickle: bool = False, device: str = "auto",
+                      threads: int | None = None, max_input_tokens: int | None = None,
+                      model_id: str | None = None, dtype: str = "fp32") -> ServedModel:
+    """Load ``model_dir`` in eval mode on ``device``, checking that it is a task model we serve.
+
+    ``max_input_tokens`` lowers the model's own context limit; ``model_id`` defaults to the folder name.
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    from tuneforge.models.resolve import resolve_model
+
+    model_id = model_id or Path(model_dir).name
+    model_dir = Path(model_dir)
+    if not model_dir.exists():  # an alias: resolve it (safetensors check included) to its directory
+        model_dir = resolve_model(str(model_dir), allow_pickle=allow_pickle).path
+    if not model_dir.is_dir():
+        raise TuneforgeError(f"model directory not found: {model_dir}")
+    # tuneforge's own method exports are safetensors; anything else goes through the pickle check first
+    resolved = None if _export_kind(model_dir) not in ("plain", "merged") else _check_weights(model_dir, allow_pickle)
+    task, auto_class = task_of(_architecture(model_dir))
+    if threads:
+        torch.set_num_threads(threads)
+    model = _load_weights(model_dir, auto_class, resolved)
+    device = _device(device)
+    if dtype == "fp16" and device.type != "cuda":
+        raise TuneforgeError("dtype fp16 needs a CUDA device; on a CPU use bf16 (fast on CPUs with AVX512-BF16 "
+                             "or AMX) or fp32")
+    model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    # The server measures every input against the context itself and answers 422; transformers'
+    # "sequence length is longer than the specified maximum" log line would only repeat that.
+    tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
+    if task == "token_classification" and not getattr(tokenizer, "is_fast", False):
+        raise TuneforgeError(f"{model_dir}: /v1/tokens needs a fast tokenizer (tokenizer.json) for character "
+                             "offsets; this one is a slow tokenizer")
+    limit = context_length(model, tokenizer)
+    if max_input_tokens:
+        limit = min(limit, max_input_tokens)
+    config = model.config
+    labels = [config.id2label[i] for i in range(config.num_labels)] if task != "causal_lm" else []
+    problem = getattr(config, "problem_type", None)
+    if task == "classification" and problem is None:
+        problem = "regression" if config.num_labels == 1 else "single_label_classification"
+    return ServedModel(id=model_id, task=task, model=model, tokenizer=tokenizer, device=device,
+                       max_input_tokens=limit, labels=labels, problem_type=problem, dtype=dtype)
