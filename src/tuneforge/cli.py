@@ -242,18 +242,27 @@ def evaluate(model_dir: Path = typer.Argument(..., help="An exported model direc
 
 @app.command()
 def export(run_dir: Path = typer.Argument(..., help="A run directory (runs/<name>) with a best checkpoint."),
-           overrides: Optional[List[str]] = OVERRIDES):
+           overrides: Optional[List[str]] = OVERRIDES,
+           export_format: Optional[str] = typer.Option(None, "--format", help="safetensors (default) or onnx: "
+                                                       "also <export>/onnx/model.onnx, checked against PyTorch "
+                                                       "(parity.md)."),
+           quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: also an int8 ONNX model "
+                                                  "(model.int8.onnx), in the parity report; needs --format onnx.")):
     """Export a run's best checkpoint: LoRA merged, safetensors, tokenizer, model card; verified.
 
-    Options as overrides: output_dir, verify.
+    Options as overrides: output_dir, verify, format, quantize, max_logit_diff, min_agreement, int8_min_agreement.
     """
     def body():
         from tuneforge.config_io import load_config
         from tuneforge.export.command import ExportConfig, run_export
 
-        cfg = load_config(ExportConfig, None, overrides, base={"run_dir": str(run_dir)})
+        # the options are the config's fields; validated (allowed values listed) by load_config like overrides
+        options = {k: v for k, v in {"format": export_format, "quantize": quantize}.items() if v is not None}
+        cfg = load_config(ExportConfig, None, overrides, base={"run_dir": str(run_dir), **options})
         out = run_export(cfg)
         print(f"exported model: {out}")
+        if cfg.format == "onnx":
+            print(f"onnx: {out / 'onnx'} (parity report: {out / 'onnx' / 'parity.md'})")
     _guard(body)
 
 
@@ -293,6 +302,70 @@ def tune_cmd(recipe: Path = typer.Argument(..., help="Recipe YAML file with a se
             print(f"retrained best: test {spec.metric} {result.retrained.metrics.get(spec.metric):.4f}; "
                   f"run directory {result.retrained.run_dir}")
         print(f"report: {result.report}")
+    _guard(body)
+
+
+@app.command()
+def serve(model_dir: Path = typer.Argument(..., help="An exported model directory (tuneforge export writes one)."),
+          host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0: every interface)."),
+          port: int = typer.Option(8000, "--port", help="TCP port."),
+          api_key: Optional[List[str]] = typer.Option(None, "--api-key", help="Accepted API key (repeat for "
+                                                      "several); default: $TUNEFORGE_API_KEY, comma-separated."),
+          no_auth: bool = typer.Option(False, "--no-auth", help="Serve without API keys."),
+          allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle (.bin) weights; they can run "
+                                            "code when loaded."),
+          device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+          threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+          dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16 (CUDA) autocast."),
+          max_batch_size: int = typer.Option(32, "--max-batch-size", help="Most inputs per model call."),
+          max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="Longest wait for a batch to fill."),
+          max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", help="Largest request body (413 above)."),
+          max_texts: int = typer.Option(256, "--max-texts", help="Most texts per /v1/classify or /v1/tokens "
+                                        "request."),
+          max_input_tokens: Optional[int] = typer.Option(None, "--max-input-tokens", help="Longest input in tokens "
+                                                         "(default: the model's context)."),
+          max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Most tokens a generation may ask."),
+          request_timeout: float = typer.Option(60.0, "--request-timeout", help="Seconds before a request gets 504."),
+          model_id: Optional[str] = typer.Option(None, "--model-id", help="Model name in the API (default: the "
+                                                 "directory name).")):
+    """Serve a model over HTTP: /v1/classify, /v1/tokens or OpenAI-compatible /v1/completions and
+    /v1/chat/completions (streaming), with micro-batching, API keys, limits and Prometheus /metrics."""
+    def body():
+        from tuneforge.config_io import load_config
+        from tuneforge.serve.command import run_server
+        from tuneforge.serve.config import ServeConfig
+
+        cfg = load_config(ServeConfig, None, None, base=dict(
+            model_dir=str(model_dir), host=host, port=port, api_keys=api_key or [], no_auth=no_auth,
+            allow_pickle=allow_pickle, device=device, dtype=dtype, threads=threads, max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes, max_texts=max_texts,
+            max_input_tokens=max_input_tokens, max_new_tokens=max_new_tokens, request_timeout_s=request_timeout,
+            model_id=model_id))
+        run_server(cfg)
+    _guard(body)
+
+
+@app.command()
+def predict(model_dir: Path = typer.Argument(..., help="An exported model directory."),
+            input_file: Path = typer.Argument(..., help="CSV, TSV, JSONL, JSON or Parquet file with a text column."),
+            output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file: .csv for CSV, else "
+                                                  "JSONL (default: <input stem>.predictions.jsonl)."),
+            overrides: Optional[List[str]] = OVERRIDES):
+    """Predict every row of a file (labels and scores, entities, or generations) to JSONL or CSV.
+
+    Options as overrides: text_column, format, batch_size, truncate, max_new_tokens, chat, device, allow_pickle.
+    """
+    def body():
+        from tuneforge.config_io import load_config
+        from tuneforge.serve.predict import PredictConfig, run_predict
+
+        base = {"model_dir": str(model_dir), "input_file": str(input_file)}
+        if output is not None:
+            base["output"] = str(output)
+        summary = run_predict(load_config(PredictConfig, None, overrides, base=base))
+        extra = f", {summary['truncated']} truncated" if summary["truncated"] else ""
+        print(f"predicted {summary['rows']} rows{extra} -> {summary['output']}; {summary['rejected']} rejected "
+              f"-> {summary['rejected_file']}")
     _guard(body)
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import minilm_dir
 from tests.serve_util import free_port, live_server
+from tests.unit.test_task_causal_lm import tiny_llama_dir  # noqa: F401 - a fixture, for the fuzzing test
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -228,8 +229,8 @@ def test_oversized_body_is_413_with_or_without_content_length(client, classifier
     ({"texts": []}, "texts: List should have at least 1 item after validation, not 0", "texts"),
     ({"texts": "one sentence"}, "texts: Input should be a valid list", "texts"),
     ({"texts": ["fine", 3]}, "texts[1]: Input should be a valid string", "texts[1]"),
-    ({"texts": ["fine"], "truncate": "maybe"}, "truncate: Input should be a valid boolean, unable to interpret "
-                                               "input", "truncate"),
+    ({"texts": ["fine"], "truncate": "maybe"}, "truncate: Input should be a valid boolean", "truncate"),
+    ({"texts": ["fine"], "truncate": 1}, "truncate: Input should be a valid boolean", "truncate"),
     ({"text": ["typo"]}, "texts: Field required; text: Extra inputs are not permitted", "texts"),
     ({}, "texts: Field required", "texts"),
 ])
@@ -410,19 +411,23 @@ def test_serving_code_never_imports_training_code(classifier_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("which", ["classifier_dir", "tagger_dir"])
+@pytest.mark.parametrize("which", ["classifier_dir", "tagger_dir", "tiny_llama_dir"])
 def test_schemathesis_finds_no_server_error_in_our_openapi_spec(which, request, tmp_path):
     from tuneforge.serve.app import create_app
 
     model_dir = request.getfixturevalue(which)
-    app = create_app(_config(model_dir, max_body_bytes=20_000))
+    app = create_app(_config(model_dir, max_body_bytes=20_000, max_new_tokens=16))
+    # Every check (server errors, undocumented status codes, response schemas, ...). A causal LM also
+    # rejects a schema-valid prompt that does not fit its context, which no JSON schema can express,
+    # so there schemathesis' "valid data must be accepted" check cannot hold and is left out.
+    skip = ["--exclude-checks", "positive_data_acceptance"] if which == "tiny_llama_dir" else []
     with live_server(app) as url:
         out = subprocess.run(
             [str(__import__("pathlib").Path(sys.executable).parent / "schemathesis"), "run", f"{url}/openapi.json",
-             "-H", f"Authorization: Bearer {KEY}", "--checks", "all", "--max-examples", "25", "--seed", "7",
+             "-H", f"Authorization: Bearer {KEY}", "--checks", "all", *skip, "--max-examples", "25", "--seed", "7",
              "--max-time", "40", "--report-dir", str(tmp_path)],
             capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout[-4000:]
+    assert out.returncode == 0, out.stdout.split("FAILURES")[-1][:8000]
     assert " passed" in out.stdout and "failed" not in out.stdout.split("SUMMARY")[-1]
 
 

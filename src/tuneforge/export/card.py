@@ -18,9 +18,27 @@ def _metrics_table(metrics: dict) -> str:
     return "\n".join(rows)
 
 
+def _onnx_section(onnx: dict | None) -> str:
+    """What ``onnx/`` holds and how close it is to the PyTorch model (``tuneforge.export.onnx``)."""
+    if onnx is None:
+        return ""
+    fp32, int8 = onnx["onnx_fp32"], onnx.get("onnx_int8")
+    lines = [f"- `onnx/model.onnx`: {onnx['exporter']}, opset {onnx['opset']}; inputs {', '.join(onnx['inputs'])} "
+             f"(dynamic batch and length), output `logits`; tokenizer and `config.json` in the same folder",
+             f"- on {onnx['examples']} validation examples against the PyTorch model (fp32): max |logit difference| "
+             f"{fp32['max_abs_logit_diff']:.2e}, {100 * fp32['agreement']:.2f}% agreement"]
+    if int8 is not None:
+        lines.append(f"- `onnx/model.int8.onnx` (onnxruntime dynamic quantization, int8 weights): "
+                     f"{100 * int8['agreement']:.2f}% agreement, {onnx['metric']} {int8['metric_value']:.4f} "
+                     f"({int8['metric_change_points']:+.2f} points vs PyTorch fp32)")
+    verdict = "passed" if onnx["passed"] else "FAILED: " + "; ".join(onnx["failures"])
+    lines.append(f"- parity check {verdict}; details and latencies: `onnx/parity.md`")
+    return "\n## ONNX\n" + "\n".join(lines) + "\n"
+
+
 def write_model_card(out_dir: Path, *, recipe_yaml: str, recipe, data_summary: dict, manifest: dict,
                      metrics: dict, verification: dict | None, params: str, export_how: str = "plain",
-                     auto_class: str = "AutoModelForSequenceClassification") -> Path:
+                     auto_class: str = "AutoModelForSequenceClassification", onnx: dict | None = None) -> Path:
     from tuneforge.models.methods import EXPORT_CONTENTS
 
     files = "\n".join(f"- `{path}`: sha256 `{info['sha256'][:16]}…`, {info['bytes']:,} bytes"
@@ -61,7 +79,7 @@ tokenizer = AutoTokenizer.from_pretrained("{out_dir.name}")
 
 ## Export verification
 {verified}
-
+{_onnx_section(onnx)}
 ## Reproduce
 Seed {recipe.seed}; git commit `{manifest.get('git', {}).get('commit')}`; torch {manifest['packages'].get('torch')},
 transformers {manifest['packages'].get('transformers')}, peft {manifest['packages'].get('peft')}.

@@ -1,11 +1,13 @@
-"""``tuneforge export RUN_DIR``: rebuild a run's best checkpoint and write a verified, merged export."""
+"""``tuneforge export RUN_DIR``: rebuild a run's best checkpoint and write a verified, merged export
+(``--format onnx``: also an ONNX graph of it, optionally int8, checked on the validation set)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tuneforge.recipe import Section
 
@@ -14,6 +16,24 @@ class ExportConfig(Section):
     run_dir: Path = Field(..., description="Run directory holding recipe.yaml and checkpoints/best.")
     output_dir: Path | None = Field(None, description="Export folder; default: <run_dir>/export.")
     verify: bool = Field(True, description="Reload the export and check its predictions on the validation set.")
+    format: Literal["safetensors", "onnx"] = Field(
+        "safetensors", description="safetensors: the merged transformers model. onnx: that, plus <export>/onnx/"
+        "model.onnx (tokenizer and config.json beside it) and a parity report against PyTorch (parity.json/.md).")
+    quantize: Literal["int8"] | None = Field(
+        None, description="int8: also <export>/onnx/model.int8.onnx (onnxruntime dynamic quantization, int8 "
+        "weights), in the parity report too. Needs format onnx.")
+    max_logit_diff: float = Field(
+        1e-3, ge=0, description="ONNX fp32 vs PyTorch fp32: largest allowed |logit difference| on the validation set.")
+    min_agreement: float = Field(
+        1.0, ge=0, le=1, description="ONNX fp32 vs PyTorch fp32: least allowed fraction of agreeing predictions.")
+    int8_min_agreement: float = Field(
+        0.95, ge=0, le=1, description="ONNX int8 vs PyTorch fp32: least allowed fraction of agreeing predictions.")
+
+    @model_validator(mode="after")
+    def _quantize_needs_onnx(self):
+        if self.quantize is not None and self.format != "onnx":
+            raise ValueError(f"quantize: {self.quantize} quantizes the ONNX graph: add format onnx (--format onnx)")
+        return self
 
 
 def run_export(cfg: ExportConfig) -> Path:
@@ -30,12 +50,16 @@ def run_export(cfg: ExportConfig) -> Path:
     if not (cfg.run_dir / "recipe.yaml").exists():
         raise TuneforgeError(f"{cfg.run_dir} is not a run directory (no recipe.yaml)")
     recipe = load_recipe(cfg.run_dir / "recipe.yaml")
+    spec = spec_for(recipe)
+    if cfg.format == "onnx":
+        from tuneforge.export.onnx import check_onnx_supported
+
+        check_onnx_supported(spec, recipe.method)  # before any work: no half-written export to clean up
     if not (cfg.run_dir / "data" / "prepared.json").exists():
         raise TuneforgeError(f"{cfg.run_dir}: no prepared data (data/prepared.json); train the run first")
     data = load_prepared(cfg.run_dir / "data")  # exactly the rows the run trained and validated on
     resolved = resolve_recipe_model(recipe.model, run_dir=cfg.run_dir)
     tokenizer = load_tokenizer(resolved, recipe.model.trust_remote_code)
-    spec = spec_for(recipe)
     model, params = build_model(recipe, resolved, spec, data.label_names, tokenizer.pad_token_id, tokenizer)
     best = load_best(model, cfg.run_dir / "checkpoints")
     if best is None:
@@ -47,11 +71,30 @@ def run_export(cfg: ExportConfig) -> Path:
     if cfg.verify:
         verification = verify_export(out, reference.outputs, val_enc, pad_id=tokenizer.pad_token_id,
                                      auto_class=spec.auto_class, how=how)
+    onnx_report = None
+    if cfg.format == "onnx":
+        onnx_report = _export_onnx(cfg, out, how, recipe, spec, tokenizer, data, val_enc)
     metrics_path = cfg.run_dir / "eval" / "eval.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else best.get("metrics", {})
     manifest_path = cfg.run_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"packages": {}}
     write_model_card(out, recipe_yaml=recipe_to_yaml(recipe), recipe=recipe, data_summary=data.summary(),
                      manifest=manifest, metrics=metrics, verification=verification, params=str(params),
-                     export_how=how, auto_class=spec.auto_class)
+                     export_how=how, auto_class=spec.auto_class, onnx=onnx_report)
+    if onnx_report is not None:
+        from tuneforge.export.onnx import raise_if_failed
+
+        raise_if_failed(onnx_report, out / "onnx")  # after the card: a failed check leaves a complete folder
     return out
+
+
+def _export_onnx(cfg: ExportConfig, out: Path, how: str, recipe, spec, tokenizer, data, val_enc) -> dict:
+    """The export folder's model, reloaded with plain transformers (what users get), as ONNX + parity report."""
+    from tuneforge.export.merge import _reload
+    from tuneforge.export.onnx import export_with_parity, task_score
+
+    model, _ = _reload(out, how, spec.auto_class)
+    metric = recipe.train.metric_for_best
+    score = task_score(spec, data.records["validation"], val_enc, data.label_names, metric)
+    return export_with_parity(out, cfg, model=model.eval(), tokenizer=tokenizer, encoded=val_enc, score=score,
+                              metric=metric, batch_size=recipe.train.eval_batch_size)

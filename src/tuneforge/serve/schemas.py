@@ -6,8 +6,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Strict(BaseModel):
-    # an unknown key is a 422 naming it: a typo ("text" for "texts") must not pass silently
-    model_config = ConfigDict(extra="forbid")
+    # an unknown key is a 422 naming it: a typo ("text" for "texts") must not pass silently; and values
+    # are not coerced ("truncate": 1 or "yes" is an error, as the spec says), so clients find bugs early
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TextsRequest(_Strict):
