@@ -1,7 +1,7 @@
 """Load test of `tuneforge serve` against a one-request-at-a-time `transformers.pipeline` FastAPI
 handler, on the same model, in the same run (issue 7).
 
-    .venv/bin/python bench/serve_load.py --write-docs     # ~3 min on 2 cores
+    .venv/bin/python bench/serve_load.py --write-docs     # ~7 min on 2 cores
 
 Both servers run as their own processes on loopback with the same torch thread count; the client
 (this process, aiohttp) keeps ``--clients`` requests in flight until ``--requests`` have been
@@ -170,7 +170,8 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=64)
     p.add_argument("--requests", type=int, default=10_000)
     p.add_argument("--warmup", type=int, default=300)
-    p.add_argument("--threads", type=int, default=1, help="torch threads of each server")
+    p.add_argument("--threads", type=int, default=os.cpu_count(),
+                   help="torch threads of each server (default: the cores, torch's own default)")
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--max-wait-ms", type=float, default=2.0)
     p.add_argument("--only", choices=["tuneforge_fp32", "tuneforge_bf16", "pipeline"],
