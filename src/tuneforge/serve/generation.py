@@ -383,7 +383,7 @@ class GenerationEngine:
         batch: _Batch | None = None
         newcomers: list[_Row] | None = []
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), self.served.autocast():  # --dtype: bf16/fp16 matmuls, or fp32
                 while True:
                     newcomers = self._take(batch)
                     if newcomers is None:
