@@ -63,7 +63,7 @@ def _complete(client, model_id, prompt, **kw):
 
 
 def test_chat_completion_and_its_stream_agree(app, client, model_id):
-    from tuneforge.serve.generation import render_chat
+    from tuneforge.serve.prompts import render_chat
 
     reply = _chat(client, model_id, "tell me a story", max_tokens=5, temperature=0)
     assert reply.object == "chat.completion" and reply.id.startswith("chatcmpl-") and reply.model == model_id

@@ -20,6 +20,7 @@ def create_app(cfg: ServeConfig, served: ServedModel | None = None):
     from tuneforge.serve.errors import install_error_handlers
     from tuneforge.serve.limits import BodyLimit
     from tuneforge.serve.loader import load_served_model
+    from tuneforge.serve.metrics import MetricsMiddleware
     from tuneforge.serve.schemas import AUTH_RESPONSES, Health, ModelCard, ModelList
 
     keys = cfg.effective_keys()
@@ -41,7 +42,7 @@ def create_app(cfg: ServeConfig, served: ServedModel | None = None):
     def auth(request: Request, _b=Depends(bearer), _h=Depends(header)) -> None:
         state.authorize(request.headers)
 
-    state.auth = auth  # routes added by the task modules depend on it too
+    state.auth = auth
     if served.task in ("classification", "token_classification"):
         from tuneforge.serve.encoder_routes import add_encoder_routes
 
@@ -67,16 +68,8 @@ def create_app(cfg: ServeConfig, served: ServedModel | None = None):
 
     # outermost first: count every response (413s included), then refuse oversized bodies
     app.add_middleware(BodyLimit, limit=cfg.max_body_bytes)
-    app.add_middleware(_MetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app
-
-
-class _MetricsMiddleware:
-    def __init__(self, app, metrics):
-        self.wrapped = metrics.middleware(app)
-
-    async def __call__(self, scope, receive, send):
-        await self.wrapped(scope, receive, send)
 
 
 def _other_task_message(path: str, served: ServedModel) -> str | None:

@@ -1,7 +1,8 @@
 """The generation engine behind ``/v1/completions`` and ``/v1/chat/completions`` (no HTTP here).
 
-Prompts are rendered and tokenized on the event loop (``render_chat``, ``encode_prompt``) and
-measured against the model's context (``token_budget``); ``GenerationEngine.submit`` then hands
+Prompts are rendered and tokenized on the event loop (``tuneforge.serve.prompts``: ``render_chat``,
+``encode_prompt``) and measured against the model's context (``token_budget``);
+``GenerationEngine.submit`` then hands
 them to the model thread and returns a ``Ticket`` whose queue receives the text as it is decoded.
 
 Decoding is a manual loop over the model's KV cache, with **continuous batching**: the prompts of
@@ -27,8 +28,8 @@ the difference emitted), so a multi-byte character split over tokens is held bac
 (no stray U+FFFD), and text that could be the start of a stop string is held back until it is known
 not to be one. Streamed pieces and the non-streamed text are the same pieces, so both agree exactly.
 
-Tokenizers without a chat template get a minimal ChatML fallback (``FALLBACK_CHAT_TEMPLATE``); the
-server logs a warning once at startup, since the model may not have been trained on that format.
+Tokenizers without a chat template get a minimal ChatML fallback (``prompts.FALLBACK_CHAT_TEMPLATE``);
+the server logs a warning once at startup, since the model may not have been trained on that format.
 """
 
 from __future__ import annotations
@@ -45,83 +46,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuneforge.models.generation import cut_at_stop
-from tuneforge.serve.errors import APIError
 from tuneforge.serve.loader import ServedModel
 
 log = logging.getLogger("tuneforge.serve")
 
-#: Used when the tokenizer has no chat template of its own: ChatML, the most common chat layout
-#: (Qwen, SmolLM, many community fine-tunes). A model never trained on it may answer poorly; the
-#: server warns at startup. Its end-of-turn marker is a stop string (``FALLBACK_STOP``).
-FALLBACK_CHAT_TEMPLATE = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + "
-                          "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}"
-                          "{{ '<|im_start|>assistant\n' }}{% endif %}")
-FALLBACK_STOP = "<|im_end|>"
 _DETOKENIZE_CONTEXT = 5  # prompt tokens decoded with the first new token, so it keeps its leading space
-
-
-# ------------------------------------------------------------------------------------ prompts and lengths
-
-
-def chat_template(tokenizer: Any) -> str | None:
-    """The tokenizer's own chat template (its ``default`` entry when it has several), or ``None``."""
-    own = getattr(tokenizer, "chat_template", None)
-    if isinstance(own, dict):
-        own = own.get("default")
-    return own or None
-
-
-def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    """Token ids of ``messages`` rendered with the chat template and the assistant's generation prompt.
-
-    The template writes the special tokens itself, so none are added on tokenization. A template that
-    refuses the conversation (many insist on alternating user/assistant turns) is a 422 with its reason.
-    """
-    from jinja2 import TemplateError
-
-    try:
-        text = tokenizer.apply_chat_template(messages, chat_template=chat_template(tokenizer) or
-                                             FALLBACK_CHAT_TEMPLATE, tokenize=False, add_generation_prompt=True)
-    except TemplateError as exc:
-        raise APIError(422, f"the model's chat template cannot render these messages: {exc}",
-                       param="messages", code="invalid_messages") from None
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def encode_prompt(served: ServedModel, prompt: str | list[int], param: str) -> list[int]:
-    """A completion prompt's token ids (with the tokenizer's special tokens, as in evaluation), or the
-    ids the client sent, checked against the vocabulary."""
-    if isinstance(prompt, str):
-        return served.tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    vocab = served.model.get_input_embeddings().num_embeddings
-    bad = [t for t in prompt if not 0 <= t < vocab]
-    if bad:
-        raise APIError(422, f"{param} holds token id {bad[0]}, outside the model's vocabulary (0 to {vocab - 1})",
-                       param=param, code="invalid_token_id")
-    return list(prompt)
-
-
-def token_budget(prompt_tokens: int, requested: int | None, *, context: int, limit: int,
-                 param: str = "max_tokens", prompt_param: str = "prompt", what: str = "the prompt") -> int:
-    """How many tokens to generate after a prompt of ``prompt_tokens``: ``requested`` when it fits,
-    else ``min(limit, room left in the context)``; 422 when it is over ``limit`` or the context.
-    ``param`` and ``prompt_param`` name the request's fields, ``what`` the prompt in messages."""
-    if requested is not None and requested > limit:
-        raise APIError(422, f"{param}={requested} is over this server's limit of {limit} new tokens per request "
-                            "(--max-new-tokens); ask for fewer", param=param, code="max_tokens_too_large")
-    room = context - prompt_tokens
-    if prompt_tokens == 0:
-        raise APIError(422, f"{what} is empty after tokenization; the model needs at least one prompt token",
-                       param=prompt_param, code="empty_prompt")
-    if room <= 0:
-        raise APIError(422, f"{what} is {prompt_tokens} tokens long, which fills the model's context of {context} "
-                            "tokens and leaves no room to generate: shorten it", param=prompt_param,
-                       code="context_length_exceeded")
-    if requested is not None and requested > room:
-        raise APIError(422, f"{what} ({prompt_tokens} tokens) plus {param}={requested} is {prompt_tokens + requested}"
-                            f" tokens, over the model's context of {context} tokens: shorten the prompt or ask for "
-                            f"at most {room} tokens", param=param, code="context_length_exceeded")
-    return requested if requested is not None else min(limit, room)
 
 
 @dataclass(frozen=True)

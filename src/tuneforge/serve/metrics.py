@@ -33,27 +33,28 @@ class Metrics:
 
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
-    def middleware(self, app):
-        """ASGI middleware counting every response by route template (not raw path: bounded labels)."""
-        metrics = self
 
-        async def wrapped(scope, receive, send):
-            if scope["type"] != "http":
-                return await app(scope, receive, send)
-            start, status = time.perf_counter(), [500]
+class MetricsMiddleware:
+    """ASGI middleware counting every response by route template (not raw path: bounded labels)."""
 
-            async def send_and_count(message):
-                if message["type"] == "http.response.start":
-                    status[0] = message["status"]
-                    metrics.latency.labels(_endpoint(scope)).observe(time.perf_counter() - start)
-                await send(message)
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
 
-            try:
-                await app(scope, receive, send_and_count)
-            finally:
-                metrics.requests.labels(_endpoint(scope), str(status[0])).inc()
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
 
-        return wrapped
+        async def send_and_count(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                self.metrics.latency.labels(_endpoint(scope)).observe(time.perf_counter() - start)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_count)
+        finally:
+            self.metrics.requests.labels(_endpoint(scope), str(status[0])).inc()
 
 
 def _endpoint(scope) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -21,6 +22,9 @@ class ServerState:
     # several threads would only compete for them.
     executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "tuneforge-model"))
     keys: list[str] = field(default_factory=list)
+    #: the FastAPI dependency every /v1 route declares (create_app builds it: it also documents the
+    #: key schemes in the OpenAPI spec)
+    auth: Callable | None = None
 
     def authorize(self, headers) -> None:
         if not self.cfg.no_auth:
@@ -34,9 +38,3 @@ class ServerState:
 
     async def in_time(self, awaitable):
         return await with_timeout(awaitable, self.cfg.request_timeout_s)
-
-    async def run_in_model_thread(self, fn, *args):
-        """Run ``fn(*args)`` in the model thread (generation does this; encoders go through the batcher)."""
-        import asyncio
-
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
