@@ -349,8 +349,9 @@ def test_entities_join_words_by_bio_tags_and_report_character_spans(tagger_dir):
     from tuneforge.serve.loader import load_served_model
 
     served = load_served_model(tagger_dir)
-    text = "John Smithson moved to New York ."
+    text = "John O'Neill moved to New York."  # words as in CoNLL: "O'Neill" one word, the full stop apart
     enc = encode(served, [text], truncate=False)[0]
+    assert [text[a:b] for a, b in enc.word_spans] == ["John", "O'Neill", "moved", "to", "New", "York", "."]
     word_tags = {0: "B-PER", 1: "I-PER", 4: "B-LOC", 5: "I-LOC"}  # by word index
     names = served.labels
     probs = []
@@ -361,7 +362,7 @@ def test_entities_join_words_by_bio_tags_and_report_character_spans(tagger_dir):
         probs.append(row)
     got = entities(served, text, enc, probs)
     assert [(e["entity"], e["text"], e["start"], e["end"]) for e in got] == [
-        ("PER", "John Smithson", 0, 13), ("LOC", "New York", 23, 31)]
+        ("PER", "John O'Neill", 0, 12), ("LOC", "New York", 22, 30)]
     assert got[0]["score"] == pytest.approx(0.9)
 
 

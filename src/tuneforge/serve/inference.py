@@ -7,31 +7,45 @@ for the event loop.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from tuneforge.serve.errors import APIError
 from tuneforge.serve.loader import ServedModel
 
 
+#: How a text is split into words for token classification. Models are trained on pre-split words
+#: (CoNLL-style: punctuation apart, "O'Neill", "U.S." and "well-known" whole) and label a word by its
+#: first sub-token; splitting the same way at inference keeps predictions aligned with training.
+#: Dotted abbreviations, numbers with decimal or thousands marks, runs of letters/digits with inner
+#: hyphens or apostrophes, then any other single non-space character.
+WORD = re.compile(r"(?:[^\W\d_]\.){2,}|\d+(?:[.,]\d+)+|\w+(?:[-'’]\w+)*|[^\w\s]")
+
+
 @dataclass
 class EncodedText:
     ids: list[int]
-    offsets: list[tuple[int, int]] | None = None  # character span of every token (token tasks)
+    word_spans: list[tuple[int, int]] | None = None  # character span of every word (token tasks)
     word_ids: list[int | None] | None = None  # word index of every token; None for special tokens
 
 
 def encode(served: ServedModel, texts: list[str], *, truncate: bool, field: str = "texts") -> list[EncodedText]:
     """Token ids for each text; a text longer than the model's context is a 422 unless ``truncate``."""
-    tokens = served.task == "token_classification"
-    enc = served.tokenizer(list(texts), truncation=truncate, max_length=served.max_input_tokens if truncate else None,
-                           return_offsets_mapping=tokens)
-    for i, ids in enumerate(enc["input_ids"]):
-        if len(ids) > served.max_input_tokens:
-            raise APIError(422, f"{field}[{i}] is {len(ids)} tokens long; the model reads at most "
+    limit = served.max_input_tokens if truncate else None
+    if served.task == "token_classification":
+        spans = [[m.span() for m in WORD.finditer(t)] for t in texts]
+        enc = served.tokenizer([[t[a:b] for a, b in s] for t, s in zip(texts, spans)], is_split_into_words=True,
+                               truncation=truncate, max_length=limit)
+        out = [EncodedText(ids, spans[i], enc.word_ids(i)) for i, ids in enumerate(enc["input_ids"])]
+    else:
+        out = [EncodedText(ids) for ids in served.tokenizer(list(texts), truncation=truncate,
+                                                            max_length=limit)["input_ids"]]
+    for i, e in enumerate(out):
+        if len(e.ids) > served.max_input_tokens:
+            raise APIError(422, f"{field}[{i}] is {len(e.ids)} tokens long; the model reads at most "
                                 f"{served.max_input_tokens} (send \"truncate\": true to cut it to fit)",
                            param=f"{field}[{i}]", code="input_too_long")
-    return [EncodedText(ids, [tuple(o) for o in enc["offset_mapping"][i]] if tokens else None,
-                        enc.word_ids(i) if tokens else None) for i, ids in enumerate(enc["input_ids"])]
+    return out
 
 
 #: A length group closes when padding would exceed this share of its real tokens (once it has
@@ -117,13 +131,11 @@ def entities(served: ServedModel, text: str, enc: EncodedText, probs: list[list[
     and consecutive words of one type join unless a ``B-``/``S-``/``U-`` tag starts a new one."""
     words: dict[int, dict] = {}
     for t, w in enumerate(enc.word_ids):
-        if w is None:
+        if w is None or w in words:
             continue
-        start, end = enc.offsets[t]
-        if w not in words:
-            best = max(range(len(probs[t])), key=probs[t].__getitem__)
-            words[w] = {"label": served.labels[best], "score": probs[t][best], "start": start, "end": end}
-        words[w]["end"] = max(words[w]["end"], end)
+        best = max(range(len(probs[t])), key=probs[t].__getitem__)
+        start, end = enc.word_spans[w]
+        words[w] = {"label": served.labels[best], "score": probs[t][best], "start": start, "end": end}
     out: list[dict] = []
     current = None
     for w in sorted(words):
