@@ -500,3 +500,22 @@ def test_serve_without_a_key_exits_2_before_loading(classifier_dir, monkeypatch)
     r = CliRunner().invoke(app, ["serve", str(classifier_dir)])
     assert r.exit_code == 2
     assert "no API key: pass --api-key KEY or set $TUNEFORGE_API_KEY" in r.output
+
+
+def test_predict_generates_for_causal_lms(tiny_llama_dir, tmp_path, one_thread):
+    from typer.testing import CliRunner
+
+    from tuneforge.cli import app
+    from tuneforge.models.generation import GenerationConfig, generate
+    from tuneforge.serve.loader import load_served_model
+
+    src = tmp_path / "prompts.jsonl"
+    src.write_text('{"prompt": "the cat sat", "id": 1}\n{"prompt": "blue green", "id": 2}\n', encoding="utf-8")
+    out = tmp_path / "gen.jsonl"
+    r = CliRunner().invoke(app, ["predict", str(tiny_llama_dir), str(src), "-o", str(out), "max_new_tokens=5"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    served = load_served_model(tiny_llama_dir)
+    expected = generate(served.model, served.tokenizer, ["the cat sat", "blue green"],
+                        GenerationConfig(max_new_tokens=5))  # no chat template: plain prompts
+    assert [(row["id"], row["predicted_completion"]) for row in rows] == [(1, expected[0]), (2, expected[1])]
