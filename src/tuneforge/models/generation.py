@@ -166,7 +166,7 @@ def _generate_encoded(model: Any, tokenizer: Any, encoded: list[list[int]], cfg:
             batch = [encoded[i] for i in indices]
             # Decoder-only models continue from the last position, so pads go on the left;
             # an encoder reads the whole input, so they go on the right as in training.
-            input_ids, mask = _pad(batch, pad_id, left=not encoder_decoder, device=device)
+            input_ids, mask = pad_ids(batch, pad_id, left=not encoder_decoder, device=device)
             # New tokens start after the prompt (decoder-only) or after the decoder start token.
             offset = 1 if encoder_decoder else input_ids.shape[1]
             stopping = _stop_criteria(tokenizer, cfg.stop, offset) if cfg.stop else None
@@ -201,7 +201,8 @@ def _windowed(model: Any, ids: list[int], window: int, cfg: GenerationConfig, kw
     for _ in range(cfg.max_new_tokens):
         context = torch.tensor([text[-(window - 1):]], device=device)
         logits = model(input_ids=context).logits[0, -1].float()
-        token = _pick(logits, cfg) if cfg.do_sample else int(logits.argmax())
+        token = sample_token(logits, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p) \
+            if cfg.do_sample else int(logits.argmax())
         if token in eos_ids:
             break
         text.append(token)
@@ -210,20 +211,28 @@ def _windowed(model: Any, ids: list[int], window: int, cfg: GenerationConfig, kw
     return text[len(ids):]
 
 
-def _pick(logits: Any, cfg: GenerationConfig) -> int:
-    """Sample one token id: temperature, then top-k, then top-p (nucleus), as transformers orders them."""
+#: Below this a temperature is greedy in effect, and logits / temperature could overflow to inf (NaN
+#: probabilities); sampling clamps to it.
+MIN_TEMPERATURE = 1e-4
+
+
+def sample_token(logits: Any, *, temperature: float, top_k: int = 0, top_p: float = 1.0, generator: Any = None) -> int:
+    """Sample one token id from a ``[vocab]`` row: temperature, then top-k, then top-p (nucleus), as
+    transformers orders them; ``generator`` (a ``torch.Generator``) or the global RNG. The most likely
+    token always stays in, so a tiny top_p cannot leave nothing to sample."""
     import torch
 
-    logits = logits / cfg.temperature
-    if cfg.top_k:
-        kth = torch.topk(logits, min(cfg.top_k, logits.numel())).values[-1]
+    logits = logits.float() / max(temperature, MIN_TEMPERATURE)
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if cfg.top_p < 1.0:
+    if top_p < 1.0:
         ordered, order = torch.sort(logits, descending=True)
-        cumulative = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
-        drop = cumulative - torch.softmax(ordered, dim=-1) >= cfg.top_p  # keep the smallest set reaching top_p
+        probs = torch.softmax(ordered, dim=-1)
+        drop = probs.cumsum(dim=-1) - probs >= top_p  # keep the smallest set reaching top_p
+        drop[0] = False
         logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
-    return int(torch.multinomial(torch.softmax(logits, dim=-1), 1))
+    return int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator))
 
 
 def _batches(encoded: list[list[int]], batch_size: int, *, unpadded: bool) -> list[list[int]]:
@@ -263,7 +272,9 @@ def _device(model: Any) -> Any:
     return device if device is not None else next(model.parameters()).device
 
 
-def _pad(batch: list[list[int]], pad_id: int, *, left: bool, device: Any) -> tuple[Any, Any]:
+def pad_ids(batch: list[list[int]], pad_id: int, *, left: bool, device: Any) -> tuple[Any, Any]:
+    """``(input_ids, attention_mask)`` of token-id lists padded to the longest: on the left for a
+    decoder-only model (it continues from the last position), on the right for an encoder."""
     import torch
 
     width = max(len(ids) for ids in batch)

@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuneforge.models.generation import cut_at_stop
+from tuneforge.models.generation import cut_at_stop, pad_ids, sample_token
 from tuneforge.serve.loader import ServedModel
 
 log = logging.getLogger("tuneforge.serve")
@@ -231,34 +231,17 @@ def _mergeable(cache: Any) -> bool:
                     for layer in layers))
 
 
-_MIN_TEMPERATURE = 1e-4
-
-
 def _sample(logits: Any, rows: list[_Row]) -> list[int]:
     """The next token of every row: argmax for greedy rows; sampled rows use their temperature, top-k,
-    top-p (in transformers' order) and their own generator."""
-    import torch
-
+    top-p and their own generator."""
     logits = logits.float()
-    tokens = logits.argmax(dim=-1)
+    tokens = logits.argmax(dim=-1).tolist()
     for i, row in enumerate(rows):
         s = row.sampling
-        if s.temperature <= 0:
-            continue
-        # a temperature so small that logits / temperature overflows to inf would make softmax NaN;
-        # below _MIN_TEMPERATURE sampling is already greedy in effect
-        scores = logits[i] / max(s.temperature, _MIN_TEMPERATURE)
-        if s.top_k:
-            kth = torch.topk(scores, min(s.top_k, scores.numel())).values[-1]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        if s.top_p < 1.0:
-            ordered, order = torch.sort(scores, descending=True)
-            probs = torch.softmax(ordered, dim=-1)
-            outside = probs.cumsum(dim=-1) - probs >= s.top_p  # the smallest set reaching top_p is kept
-            outside[0] = False  # and never less than the most likely token (top_p 0 would keep nothing)
-            scores = scores.masked_fill(torch.zeros_like(outside).scatter(0, order, outside), float("-inf"))
-        tokens[i] = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=row.generator)[0]
-    return tokens.tolist()
+        if s.temperature > 0:
+            tokens[i] = sample_token(logits[i], temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                                     generator=row.generator)
+    return tokens
 
 
 class GenerationEngine:
@@ -362,15 +345,7 @@ class GenerationEngine:
 
     def _join(self, batch: _Batch | None, rows: list[_Row]) -> _Batch | None:
         """Prefill ``rows`` together (left-padded) and merge them into ``batch``."""
-        import torch
-
-        width = max(len(r.prompt) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, width - len(row.prompt):] = torch.tensor(row.prompt)
-            mask[i, width - len(row.prompt):] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        ids, mask = pad_ids([r.prompt for r in rows], self.pad_id, left=True, device=self.device)
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
         logits, cache = self._forward(ids, mask, positions, None, len(rows))
         for row in rows:

@@ -83,16 +83,12 @@ def run_batch(served: ServedModel, batch: list[list[int]]) -> list:
 def _forward(served: ServedModel, batch: list[list[int]]) -> list:
     import torch
 
+    from tuneforge.models.generation import pad_ids
+
     pad = served.tokenizer.pad_token_id if served.tokenizer.pad_token_id is not None else 0
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, ids in enumerate(batch):
-        input_ids[row, :len(ids)] = torch.tensor(ids)
-        mask[row, :len(ids)] = 1
+    input_ids, mask = pad_ids(batch, pad, left=False, device=served.device)
     with torch.inference_mode(), served.autocast():
-        logits = served.model(input_ids=input_ids.to(served.device),
-                              attention_mask=mask.to(served.device)).logits.float().cpu()
+        logits = served.model(input_ids=input_ids, attention_mask=mask).logits.float().cpu()
     if served.problem_type == "regression":
         scores = logits
     elif served.problem_type == "multi_label_classification":
