@@ -54,7 +54,7 @@ def predict(model, encoded: Encoded, *, batch_size: int, pad_id: int, device=Non
             with autocast(precision, device.type):
                 loss, out = forward_loss_sum(model, batch, encoded.label_kind)
             loss_sum += float(loss)
-            rows.extend(zip(mine, _per_example(out, encoded, mine)))
+            rows.extend(zip(mine, per_example(out, encoded, mine)))
     if was_training:
         model.train()
     if gather is not None and world_size > 1:
@@ -63,7 +63,7 @@ def predict(model, encoded: Encoded, *, batch_size: int, pad_id: int, device=Non
     return Predictions(outputs=[r[1] for r in rows], loss=loss_sum / max(sum(weights), 1))
 
 
-def _per_example(out, encoded: Encoded, indices: list[int]) -> list:
+def per_example(out, encoded: Encoded, indices: list[int]) -> list:
     """Split a batch's outputs into per-example fp32 CPU tensors, padding removed."""
     import torch
 

@@ -36,7 +36,7 @@ def export_model(model, method: str, tokenizer, out_dir: Path) -> tuple[Path, st
     return out_dir, how
 
 
-def _reload(export_dir: Path, how: str, auto_class: str):
+def reload_export(export_dir: Path, how: str, auto_class: str):
     """Reload an export the way a user would: plain transformers when it is a plain model."""
     if how in ("plain", "merged"):
         import transformers
@@ -62,7 +62,7 @@ def verify_export(export_dir: Path, reference_outputs: list, encoded, *, pad_id:
 
     from tuneforge.evaluate.predict import predict
 
-    reloaded, reloaded_with = _reload(export_dir, how, auto_class)
+    reloaded, reloaded_with = reload_export(export_dir, how, auto_class)
     got = predict(reloaded, encoded, batch_size=batch_size, pad_id=pad_id, precision="fp32").outputs
     if got:
         new = torch.cat([g.reshape(-1, g.size(-1)) for g in got])

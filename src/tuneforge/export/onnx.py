@@ -13,10 +13,10 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
+from tuneforge.console import progress_bar, status
 from tuneforge.errors import TuneforgeError
 
 #: Label kinds whose model returns one ``logits`` tensor (per example or per token), with the task
@@ -176,7 +176,7 @@ def batched_outputs(forward, encoded, names: list[str], *, batch_size: int, pad_
     import torch
 
     from tuneforge.data.batching import collate, sorted_batches
-    from tuneforge.evaluate.predict import _per_example
+    from tuneforge.evaluate.predict import per_example
 
     rows, seconds = [], 0.0
     with torch.inference_mode():
@@ -186,7 +186,7 @@ def batched_outputs(forward, encoded, names: list[str], *, batch_size: int, pad_
             start = time.perf_counter()
             logits = forward(inputs)
             seconds += time.perf_counter() - start
-            rows.extend(zip(idx, _per_example(_Out(logits), encoded, idx)))
+            rows.extend(zip(idx, per_example(_Out(logits), encoded, idx)))
             if advance is not None:
                 advance(len(idx))
     rows.sort(key=lambda r: r[0])
@@ -194,7 +194,7 @@ def batched_outputs(forward, encoded, names: list[str], *, batch_size: int, pad_
 
 
 class _Out:
-    """What ``_per_example`` reads from a transformers output."""
+    """What ``per_example`` reads from a transformers output."""
 
     def __init__(self, logits):
         self.logits = logits
@@ -274,19 +274,19 @@ def write_onnx_folder(export_dir: Path, onnx_dir: Path, model, tokenizer, *, int
     onnx_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(onnx_dir)
     shutil.copy(export_dir / "config.json", onnx_dir / "config.json")
-    with _status(f"onnx: exporting {type(model).__name__} with torch.onnx (dynamo)"):
+    with status(f"onnx: exporting {type(model).__name__} with torch.onnx (dynamo)"):
         graph = export_graph(model, input_names(model, tokenizer), onnx_dir / "model.onnx")
     files = {"model.safetensors": _file_bytes(export_dir / "model.safetensors"),
              "model.onnx": _file_bytes(onnx_dir / "model.onnx")}
     if int8:
-        with _status("onnx: quantizing to int8 (onnxruntime quantize_dynamic, QInt8 weights)"):
+        with status("onnx: quantizing to int8 (onnxruntime quantize_dynamic, QInt8 weights)"):
             quantize_int8(onnx_dir / "model.onnx", onnx_dir / "model.int8.onnx", graph["external_data"])
         files["model.int8.onnx"] = _file_bytes(onnx_dir / "model.int8.onnx")
     return graph, files
 
 
 def _measured(what: str, forward, *, encoded, **run):
-    with _bar(f"parity: {what}", len(encoded)) as advance:
+    with progress_bar(f"parity: {what}", len(encoded), unit="validation examples", transient=True) as advance:
         return batched_outputs(forward, encoded, advance=advance, **run)
 
 
@@ -347,35 +347,3 @@ def parity_markdown(r: dict) -> str:
             f"attention mask), {r['threads']} CPU thread(s) for PyTorch and onnxruntime (CPUExecutionProvider)\n"
             f"- exporter: {r['exporter']}; opset {r['opset']}; inputs {', '.join(r['inputs'])}; output logits\n"
             f"- agreement: {r['agreement_rule']}\n\n" + "\n".join(rows) + "\n")
-
-
-@contextlib.contextmanager
-def _status(text: str):
-    """A spinner on a terminal, one line otherwise (export and quantization take seconds to minutes)."""
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    if console.is_terminal:
-        with console.status(text):
-            yield
-    else:
-        print(text, file=sys.stderr, flush=True)
-        yield
-
-
-@contextlib.contextmanager
-def _bar(text: str, total: int):
-    """A progress bar over the examples on a terminal, one line otherwise; yields ``advance(n)``."""
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        print(f"{text} over {total} validation examples", file=sys.stderr, flush=True)
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn(text), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
-                  transient=True) as progress:
-        task = progress.add_task(text, total=total)
-        yield lambda n: progress.advance(task, n)

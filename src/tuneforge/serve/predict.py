@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from tuneforge.console import progress_bar
 from tuneforge.data.readers import TEXT_COLUMN_GUESSES
 from tuneforge.sections import Section
 
@@ -63,12 +64,6 @@ def _read_rows(cfg: PredictConfig):
         else:
             records.append((line, record))
     return column, records, rejected
-
-
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
 
 
 def _encoder_predictions(served, texts: list[str], cfg: PredictConfig, on_batch) -> list[dict]:
@@ -138,9 +133,8 @@ def run_predict(cfg: PredictConfig) -> dict:
         keep = [i for i in range(len(records)) if i not in long]
         records, texts, long = [records[i] for i in keep], [texts[i] for i in keep], set()
     run = _generations if served.task == "causal_lm" else _encoder_predictions
-    with _progress() as bar:
-        task = bar.add_task("predict", total=len(texts))
-        results = run(served, texts, cfg, lambda n: bar.advance(task, n))
+    with progress_bar("predict", len(texts), unit="rows") as advance:
+        results = run(served, texts, cfg, advance or (lambda n: None))
     # Prediction columns carry a prefix so that a gold `label` column of the input is kept beside them.
     rows = [{**record, **{f"{PREFIX}{k}": v for k, v in result.items()}, **({"truncated": True} if i in long else {})}
             for i, ((_, record), result) in enumerate(zip(records, results))]
