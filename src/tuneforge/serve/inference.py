@@ -27,24 +27,35 @@ class EncodedText:
     ids: list[int]
     word_spans: list[tuple[int, int]] | None = None  # character span of every word (token tasks)
     word_ids: list[int | None] | None = None  # word index of every token; None for special tokens
+    truncated: bool = False  # the text was longer than the context and was cut to fit
+
+
+def _tokenize(served: ServedModel, texts: list[str], limit: int | None) -> list[EncodedText]:
+    """Token ids (cut at ``limit`` tokens when given); token tasks tokenize CoNLL-style words."""
+    if not texts:  # a tokenizer refuses an empty batch
+        return []
+    if served.task != "token_classification":
+        return [EncodedText(ids) for ids in served.tokenizer(list(texts), truncation=limit is not None,
+                                                             max_length=limit)["input_ids"]]
+    spans = [[m.span() for m in WORD.finditer(t)] for t in texts]
+    enc = served.tokenizer([[t[a:b] for a, b in s] for t, s in zip(texts, spans)], is_split_into_words=True,
+                           truncation=limit is not None, max_length=limit)
+    return [EncodedText(ids, spans[i], enc.word_ids(i)) for i, ids in enumerate(enc["input_ids"])]
 
 
 def encode(served: ServedModel, texts: list[str], *, truncate: bool, field: str = "texts") -> list[EncodedText]:
-    """Token ids for each text; a text longer than the model's context is a 422 unless ``truncate``."""
-    limit = served.max_input_tokens if truncate else None
-    if served.task == "token_classification":
-        spans = [[m.span() for m in WORD.finditer(t)] for t in texts]
-        enc = served.tokenizer([[t[a:b] for a, b in s] for t, s in zip(texts, spans)], is_split_into_words=True,
-                               truncation=truncate, max_length=limit)
-        out = [EncodedText(ids, spans[i], enc.word_ids(i)) for i, ids in enumerate(enc["input_ids"])]
-    else:
-        out = [EncodedText(ids) for ids in served.tokenizer(list(texts), truncation=truncate,
-                                                            max_length=limit)["input_ids"]]
-    for i, e in enumerate(out):
-        if len(e.ids) > served.max_input_tokens:
-            raise APIError(422, f"{field}[{i}] is {len(e.ids)} tokens long; the model reads at most "
-                                f"{served.max_input_tokens} (send \"truncate\": true to cut it to fit)",
-                           param=f"{field}[{i}]", code="input_too_long")
+    """Token ids for each text. A text longer than the model's context is a 422 naming it, or with
+    ``truncate`` is cut to fit and marked ``truncated`` (only those texts are tokenized again)."""
+    out = _tokenize(served, texts, None)
+    long = [i for i, e in enumerate(out) if len(e.ids) > served.max_input_tokens]
+    if long and not truncate:
+        i = long[0]
+        raise APIError(422, f"{field}[{i}] is {len(out[i].ids)} tokens long; the model reads at most "
+                            f"{served.max_input_tokens} (send \"truncate\": true to cut it to fit)",
+                       param=f"{field}[{i}]", code="input_too_long")
+    for i, e in zip(long, _tokenize(served, [texts[i] for i in long], served.max_input_tokens)):
+        e.truncated = True
+        out[i] = e
     return out
 
 

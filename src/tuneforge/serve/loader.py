@@ -55,11 +55,16 @@ class ServedModel:
         return ENDPOINTS[self.task]
 
 
-def _architecture(model_dir: Path) -> str:
+def _manifest(model_dir: Path) -> dict:
+    """What ``tuneforge export`` wrote about the folder (how it was exported, the model class); {} if nothing."""
+    path = model_dir / _EXPORT_MANIFEST
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _architecture(model_dir: Path, manifest: dict) -> str:
     """The model class named by the export manifest or config.json."""
-    manifest = model_dir / _EXPORT_MANIFEST
-    if manifest.exists():
-        return json.loads(manifest.read_text())["model_class"]
+    if "model_class" in manifest:
+        return manifest["model_class"]
     config = model_dir / "config.json"
     archs = json.loads(config.read_text()).get("architectures") or [] if config.exists() else []
     if not archs:
@@ -74,11 +79,6 @@ def task_of(architecture: str) -> tuple[str, str]:
             return task
     kinds = ", ".join(f"*{s}" for s in TASKS)
     raise TuneforgeError(f"the model is a {architecture}; tuneforge serve serves {kinds} models")
-
-
-def _export_kind(model_dir: Path) -> str:
-    manifest = model_dir / _EXPORT_MANIFEST
-    return json.loads(manifest.read_text())["how"] if manifest.exists() else "plain"
 
 
 def _check_weights(model_dir: Path, allow_pickle: bool):
@@ -145,8 +145,10 @@ def load_served_model(model_dir: Path | str, *, allow_pickle: bool = False, devi
     if not model_dir.is_dir():
         raise TuneforgeError(f"model directory not found: {model_dir}")
     # tuneforge's own method exports are safetensors; anything else goes through the pickle check first
-    resolved = None if _export_kind(model_dir) not in ("plain", "merged") else _check_weights(model_dir, allow_pickle)
-    task, auto_class = task_of(_architecture(model_dir))
+    manifest = _manifest(model_dir)
+    plain = manifest.get("how", "plain") in ("plain", "merged")
+    resolved = _check_weights(model_dir, allow_pickle) if plain else None
+    task, auto_class = task_of(_architecture(model_dir, manifest))
     if threads:
         torch.set_num_threads(threads)
     model = _load_weights(model_dir, auto_class, resolved)

@@ -66,11 +66,10 @@ def _read_rows(cfg: PredictConfig):
     return column, records, rejected
 
 
-def _encoder_predictions(served, texts: list[str], cfg: PredictConfig, on_batch) -> list[dict]:
+def _encoder_predictions(served, texts: list[str], encoded: list, cfg: PredictConfig, on_batch) -> list[dict]:
     """One result dict per text; batches are taken in length order (less padding), answers in input order."""
-    from tuneforge.serve.inference import classification_result, encode, entities, run_batch
+    from tuneforge.serve.inference import classification_result, entities, run_batch
 
-    encoded = encode(served, texts, truncate=cfg.truncate)
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i].ids))
     out: list[dict] = [{} for _ in texts]
     for start in range(0, len(order), cfg.batch_size):
@@ -82,7 +81,7 @@ def _encoder_predictions(served, texts: list[str], cfg: PredictConfig, on_batch)
     return out
 
 
-def _generations(served, texts: list[str], cfg: PredictConfig, on_batch) -> list[dict]:
+def _generations(served, texts: list[str], encoded: None, cfg: PredictConfig, on_batch) -> list[dict]:
     from tuneforge.models.generation import GenerationConfig, generate
 
     chat = cfg.chat == "yes" or (cfg.chat == "auto" and bool(getattr(served.tokenizer, "chat_template", None)))
@@ -95,9 +94,16 @@ def _generations(served, texts: list[str], cfg: PredictConfig, on_batch) -> list
     return out
 
 
-def _long_rows(served, texts: list[str]) -> set[int]:
-    lengths = served.tokenizer(texts, add_special_tokens=True)["input_ids"]
-    return {i for i, ids in enumerate(lengths) if len(ids) > served.max_input_tokens}
+def _measure(served, texts: list[str]) -> tuple[list | None, set[int]]:
+    """Encoder inputs (cut to the context) and which texts are longer than the context; for a causal LM
+    no inputs (generation tokenizes its prompts itself), only the long prompts."""
+    if served.task == "causal_lm":
+        lengths = served.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        return None, {i for i, ids in enumerate(lengths) if len(ids) > served.max_input_tokens}
+    from tuneforge.serve.inference import encode
+
+    encoded = encode(served, texts, truncate=True)
+    return encoded, {i for i, e in enumerate(encoded) if e.truncated}
 
 
 def _write(path: Path, rows: list[dict]) -> None:
@@ -124,17 +130,18 @@ def run_predict(cfg: PredictConfig) -> dict:
     column, records, rejected = _read_rows(cfg)
     served = load_served_model(cfg.model_dir, allow_pickle=cfg.allow_pickle, device=cfg.device)
     texts = [record[column] for _, record in records]
-    long = _long_rows(served, texts) if texts else set()
+    encoded, long = _measure(served, texts) if texts else (None, set())
     if long and (not cfg.truncate or served.task == "causal_lm"):
         why = "the prompt is longer than the model's context" if served.task == "causal_lm" else \
             "longer than the model's context (truncate=false)"
         rejected += [RejectedRow(str(cfg.input_file), records[i][0], f"{why}: over {served.max_input_tokens} tokens",
                                  texts[i]) for i in sorted(long)]
         keep = [i for i in range(len(records)) if i not in long]
-        records, texts, long = [records[i] for i in keep], [texts[i] for i in keep], set()
+        records, texts = [records[i] for i in keep], [texts[i] for i in keep]
+        encoded, long = None if encoded is None else [encoded[i] for i in keep], set()
     run = _generations if served.task == "causal_lm" else _encoder_predictions
     with progress_bar("predict", len(texts), unit="rows") as advance:
-        results = run(served, texts, cfg, advance or (lambda n: None))
+        results = run(served, texts, encoded, cfg, advance or (lambda n: None))
     # Prediction columns carry a prefix so that a gold `label` column of the input is kept beside them.
     rows = [{**record, **{f"{PREFIX}{k}": v for k, v in result.items()}, **({"truncated": True} if i in long else {})}
             for i, ((_, record), result) in enumerate(zip(records, results))]
