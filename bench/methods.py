@@ -258,7 +258,7 @@ def render(report: dict) -> str:
 
 def write_docs(report: dict, md_path: Path = METHODS_MD, json_path: Path = METHODS_JSON) -> None:
     """Put the table in docs/methods.md (between the methods markers) and the raw numbers in JSON."""
-    from _docs import replace_section
+    from _docs import portable, replace_section
 
     m = report["machine"]
     replace_section(md_path, SECTION, [
@@ -273,7 +273,7 @@ def write_docs(report: dict, md_path: Path = METHODS_MD, json_path: Path = METHO
         f"- raw numbers: `{json_path.relative_to(REPO) if json_path.is_relative_to(REPO) else json_path}`",
     ], title="# Training methods")
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    json_path.write_text(portable(json.dumps(report, indent=2)) + "\n")
     print(f"wrote {md_path} and {json_path}")
 
 

@@ -16,7 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-SST2_DIR = REPO / "data" / "sst2"
+DATA = REPO / "data"  # small licensed slices of public data sets (data/README.md): tests read only these
+SST2_DIR = DATA / "sst2"
 
 POSITIVE = ["a great and moving film", "wonderful acting and a charming story", "truly delightful fun",
             "brilliant , funny and warm", "an excellent , beautiful movie", "i loved every minute"]

@@ -57,12 +57,25 @@ def _load(recipe: Path, overrides: Optional[List[str]]):
     return load_recipe(recipe, overrides or [])
 
 
+def _require_data(cfg, recipe: Path, where: str = "") -> None:
+    """Fail before any work when a data file is missing, with the recipe's own note on how to get it."""
+    from tuneforge.config_io import data_hint
+    from tuneforge.errors import DataError
+
+    missing = cfg.data.missing_files()
+    if missing:
+        lines = [f"{where}{key}: data file not found: {path}" for key, path in missing]
+        hint = data_hint(recipe)
+        if hint:
+            lines.append(f"{recipe} says: {hint}")
+        raise DataError("\n".join(lines))
+
+
 @app.command()
 def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."), overrides: Optional[List[str]] = OVERRIDES,
              explain: bool = typer.Option(False, "--explain", help="Also list every key with its default.")):
     """Check a recipe (keys, types, cross-field rules, data files exist) without running anything."""
     def body():
-        from tuneforge.errors import DataError
         from tuneforge.recipe import describe_fields
 
         from tuneforge.stages import is_stages_file, load_stages, plan
@@ -82,17 +95,13 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."), overr
         if Path(recipe).exists() and is_stages_file(recipe):
             runs = plan(load_stages(recipe, overrides or []))
             for r in runs:
+                _require_data(r.recipe, recipe, f"stage {r.label}: ")
                 print(f"{recipe}: stage {r.label}: task {r.recipe.task}, model from {r.model_from} "
                       f"-> {r.recipe.run_dir}")
             print(f"{recipe}: valid ({len(runs)} stage runs)")
             return
         cfg = _load(recipe, overrides)
-        given = (("data.train_file", cfg.data.train_file), ("data.validation_file", cfg.data.validation_file),
-                 ("data.test_file", cfg.data.test_file))
-        for key, path in given:
-            path = getattr(path, "path", path)  # a source written out in full
-            if path is not None and not Path(path).exists():
-                raise DataError(f"{key}: data file not found: {path}")
+        _require_data(cfg, recipe)
         print(f"{recipe}: valid (run directory {cfg.run_dir})")
         if explain:
             for key, default, desc in describe_fields():
@@ -123,6 +132,7 @@ def _train_command(recipe: Path, overrides, resume: bool, overwrite: bool, expor
                                      "next one starts from)")
             return _stages_command(recipe, overrides, resume, overwrite)
         cfg = _load(recipe, overrides)
+        _require_data(cfg, recipe)
         if not export:
             cfg = cfg.model_copy(update={"export": cfg.export.model_copy(update={"enabled": False})})
         from tuneforge.train.run import train
@@ -171,6 +181,7 @@ def prepare(recipe: Path = typer.Argument(..., help="Recipe YAML file."), overri
         from tuneforge.data.pipeline import prepare_dataset
 
         cfg = _load(recipe, overrides)
+        _require_data(cfg, recipe)
         out = cfg.run_dir / "data"
         with _row_counter("preparing data") as tick:
             from tuneforge.tasks import spec_for
@@ -367,6 +378,22 @@ def predict(model_dir: Path = typer.Argument(..., help="An exported model direct
         print(f"predicted {summary['rows']} rows{extra} -> {summary['output']}; {summary['rejected']} rejected "
               f"-> {summary['rejected_file']}")
     _guard(body)
+
+
+@app.command()
+def doctor(json_out: bool = typer.Option(False, "--json", help="Print the checks as JSON (for scripts and CI)."),
+           runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where runs go: its free disk space is "
+                                         "checked (the nearest existing parent if it does not exist).")):
+    """Check this machine and installation: Python, CPU (bf16, AMX), RAM, torch and the GPU, every dependency
+    against requirements.lock, optional extras, model aliases, the matmul peak, disk space. Exit code 1 when
+    something `make demo` needs is missing; paste the output into bug reports."""
+    def body():
+        from tuneforge.doctor import collect, exit_code, render_json, render_text
+
+        checks = collect(runs_dir)
+        print(render_json(checks) if json_out else render_text(checks), end="")
+        return exit_code(checks)
+    raise typer.Exit(_guard(body))
 
 
 bench_app = typer.Typer(no_args_is_help=True, help="Measure this machine (cached; used for MFU during training).")

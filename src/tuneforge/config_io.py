@@ -8,6 +8,7 @@ programmers, not for someone who just mistyped ``lerning_rate``.
 from __future__ import annotations
 
 import difflib
+import itertools
 import typing
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,21 @@ def set_key(data: dict, parts: list[str], value: Any) -> None:
             node[part] = {}
         node = node[part]
     node[parts[-1]] = value
+
+
+def data_hint(path: str | Path) -> str | None:
+    """The lines of a YAML file's leading comment that say how to get its data (``Data ...`` up to the next
+    line not continuing it), for the error a missing data file gives; None when there are none."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    leading = [line[1:].strip() for line in itertools.takewhile(lambda s: s.startswith("#"), lines)]
+    for i, line in enumerate(leading):
+        if line.startswith("Data"):
+            block = [line] + list(itertools.takewhile(lambda s: s.startswith("("), leading[i + 1:]))
+            return " ".join(block)
+    return None
 
 
 def read_yaml(path: str | Path) -> dict:

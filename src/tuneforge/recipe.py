@@ -21,7 +21,7 @@ from tuneforge.data.clean import CleanConfig
 from tuneforge.data.dedup import DecontaminateConfig, DedupConfig
 from tuneforge.data.formatting import ChatFormatConfig
 from tuneforge.data.qa import QAConfig
-from tuneforge.data.sources import SourceConfig, SourceFormat
+from tuneforge.data.sources import SourceConfig, SourceFormat, is_glob
 from tuneforge.data.split import SplitConfig
 from tuneforge.models.methods import (METHOD_SECTIONS, AdapterConfig, IA3Config, LoraConfig, MethodName,
                                       PrefixTuningConfig, PromptTuningConfig)
@@ -178,6 +178,22 @@ class DataSection(Section):
         if self.validation_file is None and self.split.validation_fraction == 0:
             raise ValueError("data: no validation data: set data.validation_file or data.split.validation_fraction > 0")
         return self
+
+    def missing_files(self) -> list[tuple[str, Path]]:
+        """(key, path) of every data file the recipe names that does not exist (glob patterns excepted)."""
+        given: list[tuple[str, Path | SourceConfig | None]] = [
+            ("data.train_file", self.train_file), ("data.validation_file", self.validation_file),
+            ("data.test_file", self.test_file)]
+        given += [(f"data.sources.{i}", source) for i, source in enumerate(self.sources)]
+        missing = []
+        for key, value in given:
+            if isinstance(value, SourceConfig):
+                paths = [(f"{key}.path", value.path), (f"{key}.target_path", value.target_path)]
+            else:
+                paths = [(key, value)]
+            missing += [(k, Path(p)) for k, p in paths
+                        if p is not None and not Path(p).exists() and not is_glob(Path(p))]
+        return missing
 
     def _file_source(self, path: Path, columns: tuple[str, ...]) -> SourceConfig:
         # Only the column options the user set: a source rejects options its format ignores.

@@ -24,7 +24,9 @@ from tuneforge.data.pii import PiiMasker, luhn_valid
 from tuneforge.data.records import Row
 from tuneforge.data.rejects import RejectedRow
 
-SST2_DEV = Path("/work/shared/data/sst2/dev.tsv")
+from tests.conftest import DATA
+
+SST2_DEV = DATA / "sst2" / "dev.tsv"
 
 
 def text_row(text: str, label: object = "pos", line: int = 2, source: str = "train.tsv") -> Row:

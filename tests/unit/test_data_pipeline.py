@@ -23,8 +23,10 @@ from tuneforge.data.readers import UNDECODABLE
 from tuneforge.errors import DataError
 from tuneforge.recipe import DataSection
 
+from tests.conftest import DATA
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-ALPACA_DEMO = Path("/work/shared/data/alpaca_demo/alpaca_en_demo.json")
+ALPACA_DEMO = DATA / "alpaca_demo" / "alpaca_en_demo.head.json"
 
 VOCABULARY = (
     "apple river stone cloud market window garden silver engine forest candle harbor pencil thunder "
@@ -407,8 +409,6 @@ def test_decontaminate_names_the_evaluation_split_it_matched(tmp_path):
 
 def alpaca_slice(tmp_path: Path, n: int = 6) -> tuple[Path, list[dict]]:
     """The first ``n`` demo records as a JSON array, one record per line (record i on line i + 2)."""
-    if not ALPACA_DEMO.exists():
-        pytest.skip(f"{ALPACA_DEMO} is not available")
     records = json.loads(ALPACA_DEMO.read_text(encoding="utf-8"))[:n]
     path = tmp_path / "alpaca.json"
     path.write_text("[\n" + ",\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n]\n",

@@ -30,7 +30,9 @@ from tuneforge.data.records import Row
 from tuneforge.data.rejects import RejectedRow
 from tuneforge.errors import DataError, TuneforgeError
 
-SQUAD_DEV = Path("/work/shared/data/squad_v1.1/dev-v1.1.json")
+from tests.conftest import DATA
+
+SQUAD_DEV = DATA / "squad_v1.1" / "dev.slice.json"  # data[0].paragraphs[0] and data[15].paragraphs[39] of dev
 NARCOTICS_ID = "5726c3da708984140094d0db"  # answer 'narcotic drugs' at character 2318 of 4063
 GOLD = ["Denver Broncos", "Carolina Panthers", "Santa Clara, California", "Denver Broncos", "gold",
         "narcotic drugs"]
@@ -47,11 +49,9 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def squad_slice() -> dict:
     """Six dev questions in SQuAD layout: five on the Super Bowl paragraph, one on a long paragraph."""
-    if not SQUAD_DEV.exists():
-        pytest.skip(f"{SQUAD_DEV} is not available")
     dev = json.loads(SQUAD_DEV.read_text(encoding="utf-8"))
     first = dev["data"][0]["paragraphs"][0]
-    long = dev["data"][15]["paragraphs"][39]
+    long = dev["data"][1]["paragraphs"][0]
     return {
         "version": "1.1",
         "data": [

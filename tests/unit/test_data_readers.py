@@ -17,7 +17,9 @@ from tuneforge.data.readers import (
 from tuneforge.data.rejects import MAX_RAW_CHARS, RejectedRow, write_rejected
 from tuneforge.errors import DataError, TuneforgeError
 
-SST2_DEV = Path("/work/shared/data/sst2/dev.tsv")
+from tests.conftest import DATA
+
+SST2_DEV = DATA / "sst2" / "dev.tsv"
 POS_NEG = ["negative", "positive"]
 
 
@@ -385,7 +387,6 @@ def test_rejected_raw_is_truncated():
 # ---------------------------------------------------------------------------------- real SST-2
 
 
-@pytest.mark.skipif(not SST2_DEV.is_file(), reason="SST-2 dev.tsv not available")
 def test_real_sst2_dev_parses_every_row():
     rows = load(SST2_DEV, label_names=None, text="sentence")
     assert rows.total == 872

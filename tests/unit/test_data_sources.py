@@ -26,7 +26,9 @@ from tuneforge.data.sources import (
 )
 from tuneforge.errors import DataError
 
-CONLL = Path("/work/shared/data/conll2003/train.iob2.txt")
+from tests.conftest import DATA
+
+CONLL = DATA / "conll2003" / "train.head.iob2.txt"
 
 
 def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
@@ -228,7 +230,7 @@ def test_parallel_files_are_line_aligned(tmp_path):
 
 
 def test_parallel_real_multi30k_slice(tmp_path):
-    en = Path("/work/shared/data/multi30k/train.en")
+    en = DATA / "multi30k" / "train.head.en"
     rows = list(itertools.islice(iter_source(SourceConfig(path=en, target_path=en.with_suffix(".de"))), 2))
     assert rows[0].data["target"] == "Zwei junge weiße Männer sind im Freien in der Nähe vieler Büsche."
     assert [r.line for r in rows] == [1, 2]
@@ -327,8 +329,8 @@ def test_messages_normalisation_and_custom_role_map(tmp_path):
 
 
 def test_real_alpaca_demo_every_record_normalises():
-    rows = list(iter_source(SourceConfig(path="/work/shared/data/alpaca_demo/alpaca_en_demo.json")))
-    assert len(rows) == 999 and all(isinstance(r, Row) and r.kind == "chat" for r in rows)
+    rows = list(iter_source(SourceConfig(path=DATA / "alpaca_demo" / "alpaca_en_demo.head.json")))
+    assert len(rows) == 50 and all(isinstance(r, Row) and r.kind == "chat" for r in rows)
     assert rows[0].data["messages"][0] == {"role": "user", "content": "Describe a process of making crepes."}
 
 
@@ -578,7 +580,7 @@ def test_target_column_makes_pairs_joining_sentence_lists_and_keeping_every_refe
 
 
 def test_real_scitldr_dev_reads_as_pairs_with_references():
-    rows, rejects = read(Path("/work/shared/data/scitldr/dev.jsonl"), text_column="source",
+    rows, rejects = read(DATA / "scitldr" / "dev.head.jsonl", text_column="source",
                          target_column="target", max_rows=50)
     assert len(rows) == 50 and not rejects
     assert all(r.kind == "pair" and r.data["target"] == r.data.get("references", [r.data["target"]])[0]

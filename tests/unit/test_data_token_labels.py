@@ -25,7 +25,9 @@ from tuneforge.data.token_labels import (
 )
 from tuneforge.errors import TuneforgeError
 
-CONLL_TRAIN = Path("/work/shared/data/conll2003/train.iob2.txt")
+from tests.conftest import DATA
+
+CONLL_TRAIN = DATA / "conll2003" / "train.head.iob2.txt"
 VOCAB = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
 LABEL_TO_ID = {tag: i for i, tag in enumerate(VOCAB)}
 
@@ -41,8 +43,6 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def sentences(tmp_path_factory) -> list[tuple[list[str], list[str]]]:
     """The first six sentences of CoNLL-2003 train (lines 1-115 of the file, copied)."""
-    if not CONLL_TRAIN.exists():
-        pytest.skip(f"{CONLL_TRAIN} is not available")
     head = "".join(islice(CONLL_TRAIN.open(encoding="utf-8"), 115))
     path = tmp_path_factory.mktemp("conll") / "train.iob2.txt"
     path.write_text(head, encoding="utf-8")

@@ -371,3 +371,34 @@ def test_config_validation_messages(cls, values, message):
 
     with pytest.raises(ValidationError, match=message):
         cls(**values)
+
+
+def test_prefix_tuned_generate_uses_the_prefix_like_forward_does():
+    """transformers 5.25 passes generate's KV cache as `cache`; peft 0.21 looks for `past_key_values`, and
+    without prefix_compatible its prefix is silently dropped from generation (output = the base model's)."""
+    import warnings
+
+    import torch
+
+    torch.manual_seed(0)
+    base = build("causal_lm").eval()
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.inference_mode():
+        plain = base.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                              min_new_tokens=12)[0, 3:].tolist()
+    torch.manual_seed(1)
+    tuned = apply_method(base, "prefix", PrefixTuningConfig(num_virtual_tokens=4), task_type="causal_lm").eval()
+    with torch.no_grad():
+        for p in tuned.prompt_encoder.parameters():
+            p.mul_(50)  # a prefix strong enough to change the greedy continuation
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*(past_key_values|cache).*", category=FutureWarning)
+        with torch.inference_mode():
+            generated = tuned.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
+                                       do_sample=False, min_new_tokens=12)[0, 3:].tolist()
+            greedy = ids  # the same decoding by plain forwards, no cache: the prefix always applies
+            for _ in range(12):
+                logits = tuned(input_ids=greedy, attention_mask=torch.ones_like(greedy)).logits
+                greedy = torch.cat([greedy, logits[:, -1:].argmax(-1)], 1)
+    assert generated == greedy[0, 3:].tolist()
+    assert generated != plain

@@ -1,14 +1,18 @@
 """Recipe validation: every shipped recipe validates; bad keys and types fail with exact messages."""
 
+import sys
 from pathlib import Path
 
 import pytest
 
-from tuneforge.config_io import apply_overrides, parse_override
+from tuneforge.config_io import apply_overrides, data_hint, parse_override
 from tuneforge.errors import RecipeError
 from tuneforge.recipe import Recipe, describe_fields, load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "data"))
+from fetch import DATASETS  # noqa: E402 - data/fetch.py, a script
+
 RECIPES = sorted((REPO / "recipes").rglob("*.yaml")) + sorted((REPO / "recipes").rglob("*.yml"))
 
 
@@ -36,7 +40,13 @@ def _check_shipped_files(path, recipe):
     # data paths are relative to the repository root; files inside the repository must ship with it
     sources = recipe.data.training_sources() + list(recipe.data.evaluation_sources().values())
     for f in [s.path for s in sources] + [s.target_path for s in sources if s.target_path is not None]:
-        if not str(f).startswith(".."):
+        assert not Path(f).is_absolute() and ".." not in Path(f).parts, f"{path.name}: {f} is outside the repository"
+        if Path(f).parts[:2] == ("data", "external"):
+            # not shipped: data/fetch.py knows the file, and the recipe's first comment says how to get it
+            name = Path(f).parts[2]
+            assert Path(f).name in {x.name for x in DATASETS[name].files}, f"{path.name}: fetch.py lacks {f}"
+            assert f"python data/fetch.py {name}" in (data_hint(path) or ""), f"{path.name}: no hint for {f}"
+        else:
             assert (REPO / f).exists(), f"{path.name}: {f} is not in the repository"
 
 

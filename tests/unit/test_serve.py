@@ -5,6 +5,7 @@ status code and exact message, never a stack trace."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -280,7 +281,7 @@ def test_an_internal_error_is_a_plain_500_without_details(classifier_dir, served
     from tuneforge.serve.app import create_app
 
     def broken(*args, **kwargs):
-        raise RuntimeError("secret internal detail /home/user/model")
+        raise RuntimeError("secret internal detail " + str(__import__('pathlib').Path.home() / 'model'))
 
     monkeypatch.setattr(inference, "_forward", broken)
     with TestClient(create_app(_config(classifier_dir), served), raise_server_exceptions=False) as c:
@@ -402,7 +403,7 @@ def test_serving_code_never_imports_training_code(classifier_dir):
         "['tuneforge', 'recipe'], ['tuneforge', 'data'], ['tuneforge', 'tasks']) or m == 'peft')\n"
         "print(bad)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={"PYTHONPATH": REPO_SRC, "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+                         env={"PYTHONPATH": REPO_SRC, "HF_HUB_OFFLINE": "1", "PATH": os.defpath})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
@@ -471,7 +472,7 @@ def test_tuneforge_serve_command_end_to_end(classifier_dir):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tuneforge.cli", "serve", str(classifier_dir), "--port", str(port),
                              "--api-key", KEY, "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={"PYTHONPATH": REPO_SRC, "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+                            text=True, env={"PYTHONPATH": REPO_SRC, "HF_HUB_OFFLINE": "1", "PATH": os.defpath})
     try:
         deadline = time.monotonic() + 90
         while True:

@@ -300,7 +300,10 @@ def test_prompt_learning_models_decode_through_generate(tiny_llama_dir):
 
     served = load_served_model(tiny_llama_dir)
     torch.manual_seed(1)
-    tuned = peft.get_peft_model(served.model, peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    from tuneforge.models.methods import prefix_compatible  # as tuneforge builds and loads prefix models
+
+    tuned = peft.get_peft_model(prefix_compatible(served.model),
+                                peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
     served = dataclasses.replace(served, model=tuned.eval())
     ids = served.tokenizer("the cat")["input_ids"]
     with torch.inference_mode():

@@ -21,7 +21,9 @@ from tuneforge.models.tokenizer_train import (
     train_tokenizer,
 )
 
-SHAKESPEARE = Path("/work/shared/data/tinyshakespeare/input.txt")
+from tests.conftest import DATA
+
+SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"
 SLICE_CHARS = 50_000
 #: Byte-exact round trips for bpe and unigram: newlines, runs of spaces, tabs, CRLF, edge spaces, unicode
 #: the corpus never showed.
@@ -34,8 +36,6 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def shakespeare(tmp_path_factory) -> Path:
     """The first 50k characters of tiny shakespeare (a file, as the CLI would get it)."""
-    if not SHAKESPEARE.exists():
-        pytest.skip(f"{SHAKESPEARE} is not available")
     path = tmp_path_factory.mktemp("corpus") / "shakespeare.txt"
     path.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:SLICE_CHARS], encoding="utf-8")
     return path
@@ -162,7 +162,6 @@ def test_char_vocabulary_is_sorted_characters_then_specials(trained, shakespeare
     assert info["corpus"] == {"texts": 1, "characters": SLICE_CHARS, "rejected_rows": 0}
 
 
-@pytest.mark.skipif(not SHAKESPEARE.exists(), reason="tiny shakespeare is not available")
 def test_char_on_full_tiny_shakespeare_is_nanogpt(tmp_path):
     from transformers import AutoTokenizer
 

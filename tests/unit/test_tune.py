@@ -372,7 +372,7 @@ def test_shipped_study_recipes_validate():
     assert grid.search.grid_size() == 24
 
 
-def test_any_recipe_key_can_be_searched_and_lands_in_the_trial_recipe(tune_recipe):
+def test_any_recipe_key_can_be_searched_and_lands_in_the_trial_recipe(tune_recipe, tmp_path):
     """Optimiser, freezing policy (a mapping among strings), dropout-like floats, warmup: values as a trial
     draws them become the trial's recipe."""
     import optuna
@@ -387,7 +387,7 @@ def test_any_recipe_key_can_be_searched_and_lands_in_the_trial_recipe(tune_recip
         "train.warmup_ratio": {"low": 0.0, "high": 0.2, "step": 0.1},
         "train.batch_size": {"low": 8, "high": 32, "log": True}}})
     spec = load_tune(path)
-    job = WorkerJob(study_name="s", study_dir="/tmp/s", storage="", base=spec.base,
+    job = WorkerJob(study_name="s", study_dir=str(tmp_path / "s"), storage="", base=spec.base,
                     search=spec.search.model_dump(mode="json"), seed=0, direction="maximize", metric="accuracy",
                     prepared=None)
     trial = optuna.trial.FixedTrial({"train.optimizer": "sgd", "freeze": '{"first_n_layers": 1}',
@@ -395,7 +395,7 @@ def test_any_recipe_key_can_be_searched_and_lands_in_the_trial_recipe(tune_recip
     params = suggest(trial, spec.search)
     assert params["freeze"] == {"first_n_layers": 1}
     recipe = trial_recipe(job, 3, params)
-    assert recipe.name == "trial-0003" and recipe.output_dir == Path("/tmp/s/trials")
+    assert recipe.name == "trial-0003" and recipe.output_dir == tmp_path / "s" / "trials"
     assert recipe.train.optimizer == "sgd" and recipe.freeze.first_n_layers == 1
     assert (recipe.train.weight_decay, recipe.train.warmup_ratio, recipe.train.batch_size) == (0.05, 0.1, 16)
     assert recipe.export.enabled is False  # trials do not export unless search.export_trials

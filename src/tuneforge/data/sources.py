@@ -241,7 +241,7 @@ def resolve_format(cfg: SourceConfig, path: Path) -> str:
         return "parallel"
     if path.is_dir():
         return "datasets" if _is_saved_dataset(path) else "text_files"
-    if _is_glob(path):
+    if is_glob(path):
         return "text_files"
     suffix = path.suffix.lower()
     inner = Path(path.stem).suffix.lower()  # "train.iob2.txt" -> ".iob2"
@@ -259,7 +259,7 @@ def resolve_format(cfg: SourceConfig, path: Path) -> str:
     )
 
 
-def _is_glob(path: Path) -> bool:
+def is_glob(path: Path) -> bool:
     # An existing file named like "data[1].csv" is a file, not a pattern.
     return not path.exists() and _GLOB.search(str(path)) is not None
 
@@ -303,7 +303,7 @@ def iter_source(cfg: SourceConfig, base_dir: Path | None = None) -> Iterator[Ite
     from the first record raises ``DataError`` on the first ``next()``.
     """
     path = resolve_path(cfg.path, base_dir)
-    if not path.exists() and not _is_glob(path):
+    if not path.exists() and not is_glob(path):
         raise DataError(f"data file not found: {path}")
     fmt = resolve_format(cfg, path)
     problem = inapplicable_fields(cfg, fmt)

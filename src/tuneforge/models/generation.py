@@ -336,3 +336,22 @@ def _stop_criteria(tokenizer: Any, stop: Sequence[str], offset: int) -> Any:
             return torch.tensor(hit, dtype=torch.bool, device=input_ids.device)
 
     return StoppingCriteriaList([StopStrings()])
+
+
+def cache_argument(model) -> str:
+    """The keyword a model's forward takes its KV cache by: ``cache`` since transformers 5.25 (which
+    accepts ``past_key_values`` with a warning until 5.40), ``past_key_values`` before. A PEFT
+    prompt-learning model keeps ``past_key_values``: PEFT reads that name to decide whether to add its
+    virtual tokens, so a cache passed under the new name would get the prefix again at every step."""
+    import inspect
+
+    if getattr(model, "peft_config", None) is not None and getattr(model, "active_peft_config", None) is not None \
+            and model.active_peft_config.is_prompt_learning:
+        return "past_key_values"
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def output_cache(out):
+    """The KV cache a forward returned, under either name (see ``cache_argument``)."""
+    return out["cache"] if "cache" in out else out.get("past_key_values")

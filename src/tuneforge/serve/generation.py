@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuneforge.models.generation import cut_at_stop, pad_ids, sample_token
+from tuneforge.models.generation import cache_argument, cut_at_stop, output_cache, pad_ids, sample_token
 from tuneforge.serve.loader import ServedModel
 
 log = logging.getLogger("tuneforge.serve")
@@ -261,6 +261,7 @@ class GenerationEngine:
             self.pad_id = min(self.eos) if self.eos else 0
         accepted = inspect.signature(self.model.forward).parameters
         self._positions = "position_ids" in accepted
+        self._cache_arg = cache_argument(self.model)
         self._keep = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in accepted), None)
         # peft's prompt learning (prefix or prompt tuning, p-tuning) adds its virtual tokens inside forward,
         # so the cache loop cannot drive it: such models generate one row at a time with model.generate.
@@ -334,14 +335,14 @@ class GenerationEngine:
         return [row for row in taken if not row.cancelled]
 
     def _forward(self, input_ids: Any, mask: Any, positions: Any, cache: Any, rows: int) -> tuple[Any, Any]:
-        kwargs: dict[str, Any] = {"attention_mask": mask, "past_key_values": cache, "use_cache": True}
+        kwargs: dict[str, Any] = {"attention_mask": mask, self._cache_arg: cache, "use_cache": True}
         if self._positions:
             kwargs["position_ids"] = positions
         if self._keep:
             kwargs[self._keep] = 1
         self.metrics.batch_size.observe(rows)
         out = self.model(input_ids=input_ids, **kwargs)
-        return out.logits[:, -1, :], out.past_key_values
+        return out.logits[:, -1, :], output_cache(out)
 
     def _join(self, batch: _Batch | None, rows: list[_Row]) -> _Batch | None:
         """Prefill ``rows`` together (left-padded) and merge them into ``batch``."""

@@ -24,9 +24,12 @@ def forward_loss_sum(model, batch: dict, kind: str):
                 + F.cross_entropy(out.end_logits.float(), end, reduction="sum")) / 2
         return loss, out
     if kind == "target":
-        # The model builds decoder inputs from the labels (shifted right, -100 -> pad); its own mean
-        # loss is ignored.
-        out = model(**inputs, labels=labels)
+        # Decoder inputs are the labels shifted right (-100 -> pad), by the model's own rule. Passing
+        # ``labels`` instead makes the model compute a mean loss we would ignore (and makes
+        # EncoderDecoderModel warn on every step); models without the rule still get the labels.
+        shift = getattr(model, "prepare_decoder_input_ids_from_labels", None)
+        out = (model(**inputs, decoder_input_ids=shift(labels=labels)) if shift is not None
+               else model(**inputs, labels=labels))
         logits = out.logits.float()
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE,
                                reduction="sum"), out
