@@ -141,7 +141,7 @@ def test_missing_validation_file_is_a_clear_error(tmp_path):
     train.write_text(good_jsonl(), encoding="utf-8")
     result = prepare(write_recipe(tmp_path, train, validation_file=str(tmp_path / "dev.jsonl"), split={}))
     assert result.exit_code == 2
-    assert f"error: data file not found: {tmp_path / 'dev.jsonl'}" in result.output
+    assert f"error: data.validation_file: data file not found: {tmp_path / 'dev.jsonl'}" in result.output
 
 
 # ------------------------------------------------------------------------------------------ chat

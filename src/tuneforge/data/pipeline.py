@@ -19,6 +19,11 @@ held in memory, so preparing a JSONL larger than RAM works.
 Outputs in ``out_dir``: ``train.jsonl``, ``validation.jsonl``, ``test.jsonl`` (one example per line,
 with ``_origin`` "file:line"), ``rejected.jsonl`` (every row not used, with its reason, including
 duplicates with the row they copy), ``data_report.{json,md}`` and the distribution plots.
+
+Crash consistency: everything is written into a temporary folder (``tuneforge.atomic.staged_dir``)
+that replaces ``out_dir`` whole when preparation ends, so a kill mid-prepare leaves the previous
+complete folder (or none) and the next run prepares again; nothing reads a half-written split. A
+``DataError`` swaps its folder in too: its ``rejected.jsonl`` and report say why.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneforge.atomic import staged_dir
 from tuneforge.data.clean import Cleaner
 from tuneforge.data.dedup import Duplicate, decontaminate, deduplicate
 from tuneforge.data.labels import LabelChecker, label_checker
@@ -91,24 +97,32 @@ class _RejectWriter:
 
 def prepare_dataset(data_cfg, *, seed: int, out_dir: Path, base_dir: Path | None = None,
                     labels: str | None = "class", progress=None) -> PreparedDataset:
-    """Run the whole data stage for ``data_cfg`` (a recipe's ``DataSection``) into ``out_dir``."""
+    """Run the whole data stage for ``data_cfg`` (a recipe's ``DataSection``) into ``out_dir`` (replaced whole)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with staged_dir(out_dir, keep_on=(DataError,)) as work:
+        prepared = _prepare_into(work, out_dir, data_cfg, seed=seed, base_dir=base_dir, labels=labels,
+                                 progress=progress)
+    return prepared
+
+
+def _prepare_into(work: Path, out_dir: Path, data_cfg, *, seed: int, base_dir: Path | None, labels: str | None,
+                  progress) -> PreparedDataset:
+    """``prepare_dataset``'s body: files go to ``work`` (the staged folder), messages name ``out_dir``."""
     report = DataReport()
-    rejects = _RejectWriter(out_dir / "rejected.jsonl", report)
+    rejects = _RejectWriter(work / "rejected.jsonl", report)
     checker = label_checker(labels, data_cfg.label_names, data_cfg.label_separator)
     cleaner = Cleaner(data_cfg.clean)
     read_counts: dict[str, Counter] = {}
     try:
         # ---- pass 1: read, validate labels, clean, dedup; spill kept training rows to disk
-        spill = out_dir / ".kept.jsonl"
+        spill = work / ".kept.jsonl"
         split_labels: list[Any] = []  # per kept row, for stratification
         groups: list[Any] = []
         duplicates: list[dict] = []
         with report.timed("read+clean+dedup"), open(spill, "w", encoding="utf-8") as fh:
             stream = _clean_stream(data_cfg.training_sources(), base_dir, cleaner, checker, rejects, report,
                                    read_counts, progress)
-            for item in deduplicate(stream, data_cfg.dedup, workdir=out_dir):
+            for item in deduplicate(stream, data_cfg.dedup, workdir=work):
                 if isinstance(item, Duplicate):
                     rejects.write(item.rejected(), "dedup", "")
                     duplicates.append(_pair(item))
@@ -157,13 +171,13 @@ def prepare_dataset(data_cfg, *, seed: int, out_dir: Path, base_dir: Path | None
         train_rows = _train_stream(spill, where)
         with report.timed("decontaminate"):
             decon = decontaminate(train_rows, {k: v for k, v in held.items() if v}, data_cfg.decontaminate,
-                                  data_cfg.dedup, workdir=out_dir)
+                                  data_cfg.dedup, workdir=work)
             kept_train = _drop_contaminated(decon, data_cfg.decontaminate.action, rejects, contaminated)
             sampling: dict[str, Counter] = {}
             counted = _count_by_source(kept_train, sampling, "in")
             weighted = apply_weights(counted, weights, seed) if weights else counted
             capped = _first(weighted, data_cfg.max_train_samples)
-            n_train = _write_split(out_dir / "train.jsonl", _count_by_source(capped, sampling, "out"), report)
+            n_train = _write_split(work / "train.jsonl", _count_by_source(capped, sampling, "out"), report)
         if weights or data_cfg.max_train_samples is not None:
             report.set_sampling({name: {"in": c["in"], "out": c["out"]} for name, c in sampling.items()})
         _fill_duplicate_texts(contaminated, _texts_of(held, {h["duplicate_of"] for h in contaminated}))
@@ -174,20 +188,20 @@ def prepare_dataset(data_cfg, *, seed: int, out_dir: Path, base_dir: Path | None
         aug = data_cfg.augment
         if aug.eda.enabled or aug.back_translation.enabled or aug.paraphrase.enabled:
             with report.timed("augment"):
-                n_train = _augment_train(out_dir / "train.jsonl", data_cfg, seed, report, n_train)
+                n_train = _augment_train(work / "train.jsonl", data_cfg, seed, report, n_train)
         counts = {"train": n_train}
         for split in ("validation", "test"):
-            counts[split] = _write_split(out_dir / f"{split}.jsonl", iter(held[split]), report)
+            counts[split] = _write_split(work / f"{split}.jsonl", iter(held[split]), report)
         if counts["train"] == 0 or (counts["validation"] == 0 and split_cfg.validation_fraction > 0):
             raise DataError(f"no usable rows after preparation: {counts} (see {out_dir / 'data_report.md'})")
         report.set_sources({name: {"read": c["read"], "rejected": c["rejected"], "kept": c["read"] - c["rejected"]}
                             for name, c in read_counts.items()})
         report.set_cleaning({k: v for k, v in cleaner.stats().items() if isinstance(v, dict)})
         for name in SPLITS:
-            report.set_split_counts(name, **_split_stats(out_dir / f"{name}.jsonl"))
+            report.set_split_counts(name, **_split_stats(work / f"{name}.jsonl"))
     finally:
         rejects.close()
-    report.write(out_dir)
+    report.write(work)
     return PreparedDataset(out_dir, names, counts, report.to_dict())
 
 

@@ -5,6 +5,10 @@ report) and writes the splits as JSONL into ``<run>/data``. In a multi-process r
 process prepares; the others wait at a barrier and then call ``load_prepared`` on the same files, so
 every process trains on exactly the same rows. Encoding is task-specific (``TaskSpec.encode``) and
 goes through the token cache.
+
+``prepared.json`` is the completion marker: the pipeline swaps the finished folder in whole, and only
+then is ``prepared.json`` written (atomically) into it. A folder without it is not prepared data
+(the tuner prepares again; a run always prepares).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tuneforge.atomic import atomic_write_json
 from tuneforge.errors import DataError
 
 PREPARED_FILE = "prepared.json"
@@ -56,7 +61,7 @@ def prepare_task_data(data_cfg, seed: int, out_dir: Path, spec) -> PreparedData:
                   f"{data_cfg.split.validation_fraction:g} of the training rows (seed {seed})")
     meta = {"task": spec.name, "label_names": prepared.label_names, "rejected_rows": report["rejected"]["total"],
             "files": files, "validation_source": validation}
-    (Path(out_dir) / PREPARED_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_json(Path(out_dir) / PREPARED_FILE, meta)
     return load_prepared(out_dir)
 
 

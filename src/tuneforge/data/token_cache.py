@@ -14,8 +14,9 @@ the old ones fails silently. So the key hashes everything the result depends on:
 
 A miss only costs time; a wrong hit costs a training run, so when in doubt an input goes in the key.
 
-Entries are written atomically (a temporary directory renamed into place) so an interrupted
-``prepare`` or two processes preparing at once never leave a half-written entry that looks valid.
+Entries are written atomically (a temporary directory, fsynced, with ``meta.json`` written last, then
+renamed into place) so an interrupted ``prepare`` or two processes preparing at once never leave a
+half-written entry that looks valid; temporaries of killed processes are removed by later saves.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from tuneforge.atomic import crash_window, fsync_dir, fsync_tree, pid_alive
 from tuneforge.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -195,7 +197,8 @@ class TokenCache:
         """Write ``dataset`` under ``key`` atomically; returns the entry directory."""
         entry = self.path(key)
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:12]}-", dir=self.root))
+        self._remove_dead_temporaries()
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:12]}-{os.getpid()}-", dir=self.root))
         try:
             _quietly(dataset.save_to_disk, str(tmp / "data"))
             info = {
@@ -206,15 +209,18 @@ class TokenCache:
                 "inputs": dict(meta or {}),
             }
             (tmp / "meta.json").write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
-            try:
-                os.rename(tmp, entry)
-            except OSError:
-                # Another process stored the same key first; same key, same content: keep theirs.
-                # A directory there without meta.json is debris (not written by save): replace it.
-                if (entry / "meta.json").is_file():
-                    return entry
-                self._discard(entry)
-                os.rename(tmp, entry)
+            fsync_tree(tmp)  # datasets writes without fsync: all of it on disk before the rename publishes it
+            with crash_window(f"dir {entry}"):
+                try:
+                    os.rename(tmp, entry)
+                except OSError:
+                    # Another process stored the same key first; same key, same content: keep theirs.
+                    # A directory there without meta.json is debris (not written by save): replace it.
+                    if (entry / "meta.json").is_file():
+                        return entry
+                    self._discard(entry)
+                    os.rename(tmp, entry)
+                fsync_dir(self.root)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return entry
@@ -238,6 +244,13 @@ class TokenCache:
         assert loaded is not None  # just written
         return loaded
 
+    def _remove_dead_temporaries(self) -> None:
+        """``.tmp-<key>-<pid>-<random>`` folders of processes that were killed mid-save."""
+        for path in self.root.glob(".tmp-*"):
+            parts = path.name.rsplit("-", 2)
+            if len(parts) == 3 and parts[1].isdigit() and not pid_alive(int(parts[1])):
+                shutil.rmtree(path, ignore_errors=True)
+
     def _discard(self, entry: Path) -> None:
         trash = entry.with_name(f".trash-{entry.name}-{os.getpid()}")
         try:
@@ -245,3 +258,4 @@ class TokenCache:
         except OSError:
             return
         shutil.rmtree(trash, ignore_errors=True)
+

@@ -38,9 +38,13 @@ def _onnx_section(onnx: dict | None) -> str:
 
 def write_model_card(out_dir: Path, *, recipe_yaml: str, recipe, data_summary: dict, manifest: dict,
                      metrics: dict, verification: dict | None, params: str, export_how: str = "plain",
-                     auto_class: str = "AutoModelForSequenceClassification", onnx: dict | None = None) -> Path:
+                     auto_class: str = "AutoModelForSequenceClassification", onnx: dict | None = None,
+                     name: str | None = None) -> Path:
+    """Write ``README.md`` into ``out_dir`` (a staged export folder: the caller swaps it in whole);
+    ``name``: the folder's final name, for the loading snippet (default ``out_dir.name``)."""
     from tuneforge.models.methods import EXPORT_CONTENTS
 
+    name = name or out_dir.name
     files = "\n".join(f"- `{path}`: sha256 `{info['sha256'][:16]}…`, {info['bytes']:,} bytes"
                       for path, info in manifest.get("data_files", {}).items())
     labels = ", ".join(f"`{i}` = {name}" for i, name in enumerate(data_summary["label_names"] or [])) or \
@@ -61,8 +65,8 @@ Model fine-tuned with tuneforge from `{recipe.model.name}`
 
 ```python
 from transformers import {auto_class}, AutoTokenizer
-model = {auto_class}.from_pretrained("{out_dir.name}")  # plain exports; see above
-tokenizer = AutoTokenizer.from_pretrained("{out_dir.name}")
+model = {auto_class}.from_pretrained("{name}")  # plain exports; see above
+tokenizer = AutoTokenizer.from_pretrained("{name}")
 ```
 
 ## Labels

@@ -3,19 +3,23 @@
 The export must load with the task's plain ``AutoModelFor...from_pretrained(dir)``, with no
 tuneforge and no peft installed, and predict exactly like the trained model; ``verify_export``
 checks the second part on the validation set and the result goes into the model card.
+
+Callers write the whole folder (weights, tokenizer, ``verification.json``, model card, ONNX) into a
+temporary folder from ``tuneforge.atomic.staged_dir`` and swap it in at the end, so a kill never
+leaves a half-written export where a previous good one was.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from tuneforge.errors import TuneforgeError
 
 
-def export_model(model, method: str, tokenizer, out_dir: Path) -> tuple[Path, str]:
-    """Write the trained ``model`` for users; returns the folder and how it was exported.
+def write_export(model, method: str, tokenizer, out_dir: Path) -> str:
+    """Write the trained ``model`` for users into ``out_dir`` (an empty, staged folder); returns how it
+    was exported.
 
     LoRA/DoRA/IA3 merge into the weights and full/head_only are plain: the folder is a standalone
     ``transformers`` model. A prefix, a soft prompt and bottleneck adapters cannot be folded into
@@ -25,15 +29,9 @@ def export_model(model, method: str, tokenizer, out_dir: Path) -> tuple[Path, st
     from tuneforge.models.methods import merge_for_export, save_method_export
 
     exportable, how = merge_for_export(model, method)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_method_export(exportable, how, tmp)
-    tokenizer.save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    return out_dir, how
+    save_method_export(exportable, how, out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return how
 
 
 def reload_export(export_dir: Path, how: str, auto_class: str):
@@ -55,9 +53,10 @@ MAX_LOGIT_DIFF = 1e-3
 
 def verify_export(export_dir: Path, reference_outputs: list, encoded, *, pad_id: int, batch_size: int = 64,
                   min_agreement: float = 1.0, auto_class: str = "AutoModelForSequenceClassification",
-                  how: str = "plain") -> dict:
+                  how: str = "plain", final_dir: Path | None = None) -> dict:
     """Reload the export the way a user would (``transformers.<auto_class>`` for plain exports) and
-    compare its predictions with the trained model's: per example, or per token for token-level tasks."""
+    compare its predictions with the trained model's: per example, or per token for token-level tasks.
+    ``final_dir``: where the staged ``export_dir`` will be swapped in (the error message names it)."""
     import torch
 
     from tuneforge.evaluate.predict import predict
@@ -87,6 +86,6 @@ def verify_export(export_dir: Path, reference_outputs: list, encoded, *, pad_id:
         raise TuneforgeError(
             f"export verification failed: the reloaded export agrees with the trained model on "
             f"{100 * agree:.2f}% of {len(encoded)} validation examples (need {100 * min_agreement:.2f}%); "
-            f"max |logit difference| {max_diff:.3g}. See {export_dir / 'verification.json'}"
+            f"max |logit difference| {max_diff:.3g}. See {(final_dir or export_dir) / 'verification.json'}"
         )
     return report

@@ -1,8 +1,18 @@
 """Checkpoints: ``last`` (everything needed to resume exactly) and ``best`` (weights picked by a metric).
 
 ``last`` is Accelerate's full state (model, optimizer, scheduler, per-process RNG) plus our loop
-counters in ``train_state.json``. It is written to a temporary folder and renamed into place, so a
-run killed while saving still has the previous checkpoint. ``best`` keeps only trainable weights.
+counters in ``train_state.json``. A kill can land anywhere in a save, so (see ``tuneforge.atomic``):
+
+1. every process writes its part into ``last.tmp``; the main process fsyncs it all and writes
+   ``COMPLETE`` (the step) last: only a folder with that marker is a state to resume from;
+2. ``last.tmp`` is swapped in as ``last`` (an atomic exchange on Linux; elsewhere ``last`` ->
+   ``last.old``, ``last.tmp`` -> ``last``), and the previous state is deleted.
+
+So at any instant at least one complete state exists among ``last``, ``last.tmp`` and ``last.old``
+once the first save has finished. ``settle`` (run by the main process before each save and before a
+resume) puts the newest complete one at ``last`` and deletes the rest: the killed save is finished
+if its marker was written, else discarded. ``best`` keeps only trainable weights and ``best.json``,
+written as one folder swap so that they can never come from different steps.
 """
 
 from __future__ import annotations
@@ -12,9 +22,12 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tuneforge.atomic import atomic_write_json, fsync_tree, recover_dir, replace_dir, staged_dir
 from tuneforge.errors import TuneforgeError
 
 STATE_FILE = "train_state.json"
+MARKER = "COMPLETE"  # written last, after everything else of a state is on disk
+LAST, TMP, OLD = "last", "last.tmp", "last.old"
 
 
 @dataclass
@@ -32,29 +45,67 @@ class TrainState:
     history: list[dict] = field(default_factory=list)  # evaluation records, for the final report
 
 
+def _is_complete(folder: Path) -> bool:
+    # `last` written before markers existed counts too: it was only ever renamed into place whole.
+    return (folder / STATE_FILE).is_file() and ((folder / MARKER).is_file() or folder.name == LAST)
+
+
+def _step(folder: Path) -> int:
+    return json.loads((folder / STATE_FILE).read_text())["global_step"]
+
+
+def newest_complete(ckpt_dir: Path) -> Path | None:
+    """The complete state with the highest step among last, last.tmp, last.old (``last`` on a tie)."""
+    found = [ckpt_dir / name for name in (LAST, TMP, OLD) if _is_complete(ckpt_dir / name)]
+    return max(found, key=_step, default=None)
+
+
+def has_checkpoint(ckpt_dir: Path) -> bool:
+    return newest_complete(Path(ckpt_dir)) is not None
+
+
+def settle(ckpt_dir: Path) -> None:
+    """Finish or discard a save that was killed (main process only): afterwards ``last`` is the newest
+    complete state, if there is one, and no last.tmp / last.old is left."""
+    newest = newest_complete(ckpt_dir)
+    last = ckpt_dir / LAST
+    if newest is not None and newest != last:
+        if newest.name == OLD:  # killed between the fallback's two renames, last.tmp not yet complete
+            shutil.rmtree(last, ignore_errors=True)
+            newest.rename(last)
+        else:  # last.tmp has its marker: the swap itself was killed; do it now
+            replace_dir(newest, last)
+    for name in (TMP, OLD):  # the marker goes first: a deletion killed midway leaves no "complete" state
+        (ckpt_dir / name / MARKER).unlink(missing_ok=True)
+        shutil.rmtree(ckpt_dir / name, ignore_errors=True)
+
+
 def save_last(accelerator, state: TrainState, ckpt_dir: Path) -> Path:
-    target = ckpt_dir / "last"
-    tmp = ckpt_dir / "last.tmp"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
+    target, tmp = ckpt_dir / LAST, ckpt_dir / TMP
+    # The folder name is shared by every process (each writes its own RNG file into it), so unlike
+    # tuneforge.atomic's per-pid temporaries it is cleaned by the main process before everyone writes.
+    if accelerator.is_main_process:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        settle(ckpt_dir)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # every process's files are written before the marker says so
     if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
-        old = ckpt_dir / "last.old"
-        if target.exists():
-            target.rename(old)
-        tmp.rename(target)
-        if old.exists():
-            shutil.rmtree(old)
+        atomic_write_json(tmp / STATE_FILE, asdict(state))
+        fsync_tree(tmp)
+        atomic_write_json(tmp / MARKER, {"step": state.global_step})
+        replace_dir(tmp, target)  # last.tmp -> last; the previous state is deleted
     accelerator.wait_for_everyone()
     return target
 
 
 def load_last(accelerator, ckpt_dir: Path, recipe_hash: str) -> TrainState:
-    target = ckpt_dir / "last"
-    if not (target / STATE_FILE).exists():
-        raise TuneforgeError(f"--resume: no checkpoint to resume from in {target}")
+    if accelerator.is_main_process and ckpt_dir.is_dir():
+        settle(ckpt_dir)
+    accelerator.wait_for_everyone()  # nobody reads `last` while the main process may still move it
+    target = ckpt_dir / LAST
+    if not _is_complete(target):
+        raise TuneforgeError(f"--resume: no complete checkpoint to resume from in {ckpt_dir}")
     state = TrainState(**json.loads((target / STATE_FILE).read_text()))
     if state.recipe_hash and state.recipe_hash != recipe_hash:
         raise TuneforgeError(
@@ -66,14 +117,14 @@ def load_last(accelerator, ckpt_dir: Path, recipe_hash: str) -> TrainState:
 
 
 def save_best(model, ckpt_dir: Path, step: int, metrics: dict) -> None:
+    """Weights and best.json as one folder swap: a kill leaves the previous best whole, or the new one."""
     from safetensors.torch import save_file
 
     from tuneforge.models.build import trainable_state_dict
 
-    best = ckpt_dir / "best"
-    best.mkdir(parents=True, exist_ok=True)
-    save_file(trainable_state_dict(model), str(best / "trainable.safetensors"))
-    (best / "best.json").write_text(json.dumps({"step": step, "metrics": metrics}, indent=2))
+    with staged_dir(ckpt_dir / "best") as tmp:
+        save_file(trainable_state_dict(model), str(tmp / "trainable.safetensors"))
+        (tmp / "best.json").write_text(json.dumps({"step": step, "metrics": metrics}, indent=2))
 
 
 def load_best(model, ckpt_dir: Path) -> dict | None:
@@ -82,6 +133,7 @@ def load_best(model, ckpt_dir: Path) -> dict | None:
     from tuneforge.models.build import load_trainable_state_dict
 
     best = ckpt_dir / "best"
+    recover_dir(best)  # a swap killed halfway (platforms without an atomic exchange)
     if not (best / "trainable.safetensors").exists():
         return None
     load_trainable_state_dict(model, load_file(str(best / "trainable.safetensors")))

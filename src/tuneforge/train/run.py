@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from tuneforge.atomic import atomic_write_json, atomic_write_text
 from tuneforge.errors import TuneforgeError
 from tuneforge.recipe import Recipe, recipe_to_yaml
 
@@ -74,11 +74,25 @@ def _quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
-def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, is_main: bool) -> None:
+def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, is_main: bool) -> bool:
+    """Check and create the run directory; returns whether training resumes from a checkpoint."""
+    from tuneforge.atomic import remove_dir, remove_stale
+    from tuneforge.train.checkpoint import has_checkpoint
+
+    if is_main:
+        remove_stale(run_dir)  # what a killed --overwrite left (see below)
     if resume:
-        if not (run_dir / "checkpoints" / "last").exists():
-            raise TuneforgeError(f"--resume: {run_dir} has no checkpoint to resume from")
-        return
+        if has_checkpoint(run_dir / "checkpoints"):
+            return True
+        # Killed before its first checkpoint was complete (or never started): there is nothing to
+        # continue, and starting over is what the user wants; drop what the killed attempt logged.
+        if is_main:
+            _console().print(f"--resume: {run_dir} has no complete checkpoint yet; starting the run from scratch")
+            remove_dir(run_dir / "checkpoints")
+            for name in ("metrics.jsonl", "samples.jsonl"):
+                (run_dir / name).unlink(missing_ok=True)
+            run_dir.mkdir(parents=True, exist_ok=True)
+        return False
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise TuneforgeError(
@@ -86,9 +100,10 @@ def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, is_main: b
                 "replace it, or name=<new name> for a new run"
             )
         if is_main:
-            shutil.rmtree(run_dir)
+            remove_dir(run_dir)  # never half-deleted under its name: its checkpoint could look complete
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+    return False
 
 
 def _fresh_accelerator_state() -> None:
@@ -144,11 +159,11 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, prep
     accelerator, precision = _make_accelerator(recipe.train.precision)
     is_main = accelerator.is_main_process
     say = _console().print if is_main else (lambda *a, **k: None)
-    _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, is_main=is_main)
+    resume = _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, is_main=is_main)
     accelerator.wait_for_everyone()
     r_hash = recipe_hash(recipe)
     if is_main:
-        (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+        atomic_write_text(run_dir / "recipe.yaml", recipe_to_yaml(recipe))
 
     # --- data: fails fast, before any model is loaded
     # Only the main process prepares (it writes files); the others read the same prepared splits.
@@ -194,8 +209,8 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, prep
         state = TrainState(recipe_hash=r_hash)
     if is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "data_summary.json").write_text(json.dumps(data.summary(), indent=2))
-        (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        atomic_write_json(run_dir / "data_summary.json", data.summary())
+        atomic_write_json(run_dir / "manifest.json", manifest)
     say(f"training: {total_steps} steps ({steps_per_epoch}/epoch), global batch {cfg.batch_size} x "
         f"{cfg.gradient_accumulation_steps} accumulation, {accelerator.num_processes} process(es) on "
         f"{accelerator.device.type}, precision {precision}")
@@ -277,24 +292,29 @@ def _finish(recipe, spec, base, tokenizer, val_enc, data, ckpt_dir, metrics_file
     result.metrics = metrics
     say(f"validation {spec.summary(metrics)} (best step {metrics['step']}); report: {run_dir / 'eval' / 'eval.md'}")
     if recipe.export.enabled:
+        from tuneforge.atomic import staged_dir
         from tuneforge.export.card import write_model_card
-        from tuneforge.export.merge import export_model, verify_export
+        from tuneforge.export.merge import verify_export, write_export
 
-        export_dir, how = export_model(base, recipe.method, tokenizer, run_dir / "export")
-        verification = None
-        if recipe.export.verify:
-            verification = verify_export(export_dir, preds.outputs, val_enc, pad_id=tokenizer.pad_token_id,
-                                         auto_class=spec.auto_class, how=how,
-                                         batch_size=recipe.train.eval_batch_size)
-        write_model_card(export_dir, recipe_yaml=recipe_to_yaml(recipe), recipe=recipe,
-                         data_summary=data.summary(), manifest=manifest, metrics=metrics,
-                         verification=verification, params=str(params), export_how=how,
-                         auto_class=spec.auto_class)
+        # Written and verified in a temporary folder, then swapped in whole (a failed verification
+        # too, with its report): a kill leaves the previous export or the new one, never a mix.
+        export_dir = run_dir / "export"
+        with staged_dir(export_dir, keep_on=(TuneforgeError,)) as stage:
+            how = write_export(base, recipe.method, tokenizer, stage)
+            verification = None
+            if recipe.export.verify:
+                verification = verify_export(stage, preds.outputs, val_enc, pad_id=tokenizer.pad_token_id,
+                                             auto_class=spec.auto_class, how=how,
+                                             batch_size=recipe.train.eval_batch_size, final_dir=export_dir)
+            write_model_card(stage, recipe_yaml=recipe_to_yaml(recipe), recipe=recipe,
+                             data_summary=data.summary(), manifest=manifest, metrics=metrics,
+                             verification=verification, params=str(params), export_how=how,
+                             auto_class=spec.auto_class, name=export_dir.name)
         result.export_dir, result.verification = export_dir, verification
         say(f"exported model: {export_dir}" + (
             f" (verified: {100 * verification['prediction_agreement']:.1f}% agreement, max |Δlogit| "
             f"{verification['max_abs_logit_diff']:.1e})" if verification else ""))
-    (run_dir / "result.json").write_text(json.dumps(result.to_json(), indent=2))
+    atomic_write_json(run_dir / "result.json", result.to_json())
     return result
 
 
@@ -346,17 +366,26 @@ def _generate_metrics(spec, model, tokenizer, data, recipe, accelerator) -> dict
 
 
 def _truncate_metrics(metrics_file: Path, step: int) -> None:
-    """Drop records logged after the checkpoint we resume from; the resumed run logs them again."""
+    """Drop records logged after the checkpoint we resume from; the resumed run logs them again. A line
+    torn by a kill mid-append is dropped too; the file is replaced atomically (a kill here keeps it)."""
     if not metrics_file.exists():
         return
     keep = [line for line in metrics_file.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    metrics_file.write_text("".join(line + "\n" for line in keep))
+            if (record := _record(line)) is not None and record.get("step", 0) <= step]
+    atomic_write_text(metrics_file, "".join(line + "\n" for line in keep))
+
+
+def _record(line: str) -> dict | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _examples_per_s(metrics_file: Path) -> float:
     if not metrics_file.exists():
         return 0.0
-    rates = [json.loads(line).get("examples_per_s") for line in metrics_file.read_text().splitlines() if line]
+    rates = [(_record(line) or {}).get("examples_per_s") for line in metrics_file.read_text().splitlines()]
     rates = [r for r in rates if r]
     return round(sum(rates) / len(rates), 2) if rates else 0.0

@@ -30,6 +30,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tuneforge.atomic import atomic_path, atomic_write_text
+
 REPORT_VERSION = 1
 JSON_FILE, MARKDOWN_FILE = "study.json", "study.md"
 HISTORY_PLOT, PARALLEL_PLOT = "optimization_history.png", "parallel_coordinate.png"
@@ -77,8 +79,9 @@ def write_study_report(
         "plots": plots,
         "plot_notes": plot_notes,
     }
-    (out_dir / JSON_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    (out_dir / MARKDOWN_FILE).write_text(_markdown(report, trials), encoding="utf-8")
+    # Each file is replaced atomically: a study killed while reporting keeps the previous report.
+    atomic_write_text(out_dir / JSON_FILE, json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_text(out_dir / MARKDOWN_FILE, _markdown(report, trials))
     return report
 
 
@@ -324,7 +327,8 @@ def _save_axes(ax, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     try:
-        ax.figure.savefig(path, dpi=_DPI, bbox_inches="tight", format="png")
+        with atomic_path(path) as tmp:
+            ax.figure.savefig(tmp, dpi=_DPI, bbox_inches="tight", format="png")
     finally:
         plt.close(ax.figure)
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tuneforge.atomic import staged_dir
 from tuneforge.config_io import format_validation_error, load_config
 from tuneforge.errors import RecipeError, TuneforgeError
 from tuneforge.recipe import TASK_METRICS, Recipe, resolved_dict
@@ -240,14 +241,14 @@ def retrain(spec: TuneSpec, url: str, say=print):
         raise TuneforgeError("--retrain-best evaluates on the test split, and this recipe has none: set "
                              "data.test_file or data.split.test_fraction")
     out = spec.study_dir / "retrain-data"
-    out.mkdir(parents=True, exist_ok=True)
     splits = {"train": data.records["train"] + data.records["validation"], "validation": data.records["test"],
               "test": []}
-    for split, rows in splits.items():
-        (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     meta = json.loads((source / PREPARED_FILE).read_text())
     meta["validation_source"] = "the test split (retraining on train + validation)"
-    (out / PREPARED_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    with staged_dir(out) as stage:  # swapped in whole: never a mix of two retrains' splits
+        for split, rows in splits.items():
+            (stage / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        (stage / PREPARED_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
     recipe = Recipe.model_validate(with_params(spec.base, params))
     _, total = schedule_steps(len(splits["train"]), recipe.train)

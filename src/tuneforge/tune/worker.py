@@ -17,6 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from tuneforge.atomic import atomic_write_text
 from tuneforge.errors import TuneforgeError
 from tuneforge.tune.space import SearchSection, active, with_params
 from tuneforge.tune.study import (claim, counted_trials, grid_taken, heartbeat, is_duplicate, load_study,
@@ -122,7 +123,7 @@ def run_trial(job: WorkerJob, trial, params: dict[str, Any], say) -> dict:
     except Exception as exc:  # a bug or a crash in one trial must not end the study; its traceback is kept
         if recipe is not None:
             recipe.run_dir.mkdir(parents=True, exist_ok=True)
-            (recipe.run_dir / "error.txt").write_text(traceback.format_exc())
+            atomic_write_text(recipe.run_dir / "error.txt", traceback.format_exc())
         return {"state": "FAIL", "steps": last["step"], "error": f"{type(exc).__name__}: {exc}"}
     finally:
         if recipe is not None and not job.section.keep_checkpoints:
