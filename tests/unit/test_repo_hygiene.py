@@ -20,7 +20,8 @@ def tracked(*folders: str) -> list[str]:
 
 def test_no_absolute_machine_path_in_src_tests_docs_recipes():
     found = []
-    files = tracked("src", "tests", "docs", "recipes")
+    # this file holds example paths on purpose (test_the_pattern_catches_what_it_should)
+    files = [f for f in tracked("src", "tests", "docs", "recipes") if f != "tests/unit/test_repo_hygiene.py"]
     assert len(files) > 100
     for name in files:
         try:
