@@ -80,6 +80,13 @@ class ModelSection(Section):
         "name/alias whose tokenizer to reuse, or the settings of `tuneforge tokenizer train` (e.g. {type: char}): "
         "then the run trains it on its training split (never on validation text) into <run>/tokenizer."
     )
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = Field(
+        "auto", description="Attention kernel for training (transformers' attn_implementation). auto: on CUDA "
+        "flash_attention_2 when the flash-attn package is installed, precision is bf16/fp16 and the model supports "
+        "it, else sdpa; on CPU eager for hidden size <= 1024 (faster there for small models), else sdpa. "
+        "flash_attention_2 and flex_attention need a CUDA GPU. The final fp32 evaluation and the export use the "
+        "model's default (sdpa where supported). See docs/memory.md."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "ModelSection":
@@ -239,7 +246,11 @@ class TrainSection(Section):
         "same batch under accelerate launch).",
     )
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    eval_batch_size: int = Field(64, ge=1, description="Examples per evaluation batch.")
+    eval_batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="Examples per evaluation batch. auto: sized from the free memory (RAM, or the GPU's) "
+        "and the model's size at the longest validation example, at most 64. Any size: a batch that runs out "
+        "of memory is retried in halves."
+    )
     learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate.")
     optimizer: Literal["adamw", "sgd", "adafactor"] = Field("adamw", description="Optimizer.")
     weight_decay: float = Field(0.01, ge=0, description="Decoupled weight decay (not applied to biases/norms).")
@@ -285,6 +296,21 @@ class TrainSection(Section):
         ge=1,
         description="Stop after N steps as if interrupted, leaving a checkpoint for --resume "
         "(time-boxed or preemptible jobs, and the resume test).",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Activation checkpointing: keep only each transformer block's input and recompute the "
+        "block in the backward pass (non-reentrant). Activation memory falls from all layers' to about one "
+        "layer's, for roughly a third more compute per step. Not with method prefix. See docs/memory.md."
+    )
+    activation_offload: bool = Field(
+        False, description="Move the activations saved for the backward pass to pinned CPU memory during the "
+        "forward and back for the backward (torch save_on_cpu): frees GPU memory at the cost of host<->device "
+        "copies every step. Needs a CUDA GPU. See docs/memory.md."
+    )
+    neftune_alpha: float | None = Field(
+        None, gt=0, description="NEFTune: add uniform noise of scale alpha/sqrt(sequence length x hidden size) to "
+        "the input embeddings in training steps only (evaluation and the export are unaffected); 5 is the paper's "
+        "usual value for instruction tuning. null: off. See docs/methods.md."
     )
 
 

@@ -354,7 +354,7 @@ def test_format_rows_splits_examples_and_rejects(wordpiece):
 def test_config_defaults():
     cfg = ChatFormatConfig()
     assert (cfg.template, cfg.train_on, cfg.max_length, cfg.truncation, cfg.packing, cfg.packing_strategy) == (
-        None, "assistant", None, "right", False, "ffd"
+        None, "assistant", None, "right", None, "ffd"
     )
     assert (cfg.add_eos, cfg.pair_separator) == (True, "\n")
 
@@ -363,7 +363,6 @@ def test_config_defaults():
     ("kwargs", "message"),
     [
         ({"template": "chatml2"}, "data.formatting.template: unknown chat template 'chatml2'; allowed: auto"),
-        ({"packing": True}, "data.formatting.packing: true needs data.formatting.max_length"),
         ({"truncation": "drop"}, "data.formatting.truncation: 'drop' needs data.formatting.max_length"),
         ({"train_on": "user"}, "Input should be 'assistant', 'last_assistant' or 'all'"),
         ({"max_lenght": 5}, "Extra inputs are not permitted"),

@@ -64,7 +64,7 @@ def test_unknown_key_names_key_and_allowed(tmp_path):
         load_recipe(write(tmp_path, BASE + "train:\n  lerning_rate: 0.1\n"))
     msg = str(exc.value)
     assert "train.lerning_rate: unknown key (did you mean 'learning_rate'?)" in msg
-    assert "allowed keys here: adam_betas, batch_size," in msg
+    assert "allowed keys here: activation_offload, adam_betas, batch_size," in msg
 
 
 def test_unknown_top_level_key(tmp_path):

@@ -58,6 +58,18 @@ def test_resume_continues_exactly(make_recipe):
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
 
+def test_resume_may_switch_on_activation_checkpointing(make_recipe):
+    """A run halted (or killed for memory) resumes with checkpointing on, and ends as if never stopped."""
+    full = train(make_recipe("train.max_steps=8", name="plain"))
+    train(make_recipe("train.max_steps=8", "train.halt_after_steps=4", name="switched"))
+    resumed = train(make_recipe("train.max_steps=8", "train.gradient_checkpointing=true", name="switched"),
+                    resume=True)
+    assert resumed.global_step == 8
+    assert train_losses(resumed.run_dir) == pytest.approx(train_losses(full.run_dir), rel=1e-5)
+    assert resumed.metrics["loss"] == pytest.approx(full.metrics["loss"], rel=1e-5)
+    assert resumed.metrics["confusion_matrix"] == full.metrics["confusion_matrix"]
+
+
 def test_resume_refuses_a_changed_recipe(make_recipe):
     train(make_recipe("train.halt_after_steps=3", name="r"))
     with pytest.raises(TuneforgeError, match="--resume: the recipe differs"):

@@ -122,6 +122,12 @@ def collate(encoded: Encoded, indices: list[int], pad_id: int, pad_to_multiple_o
     out = {"input_ids": _pad(seqs, width, pad_id), "attention_mask": _pad([[1] * len(s) for s in seqs], width, 0)}
     for name, values in encoded.extra.items():
         out[name] = _pad([values[i] for i in indices], width, 0)
+    if encoded.label_kind == "causal" and "position_ids" in encoded.extra:
+        # Packed documents: transformers builds a block-causal mask from position ids that restart per
+        # document, but only when no attention mask is given; with one, documents attend to each other.
+        # Padding gets position 0 (see _pad), so each pad token is a one-token document of its own
+        # that no real token attends to, and its label is -100.
+        del out["attention_mask"]
     labels = [encoded.labels[i] for i in indices]
     kind = encoded.label_kind
     if kind == "class":

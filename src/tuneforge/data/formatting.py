@@ -71,8 +71,10 @@ class ChatFormatConfig(Section):
         description="Examples longer than max_length: 'right' = cut the end off; 'drop' = reject the row "
         "(listed in rejected.jsonl with its length).",
     )
-    packing: bool = Field(
-        False, description="Pack several examples into each max_length sequence (causal and masked LM)."
+    packing: bool | None = Field(
+        None, description="Pack several examples into each max_length sequence (causal and masked LM). Causal "
+        "LM packs padding-free: position ids restart per document and no document attends to another. Default "
+        "(unset): on for causal LM (packed to max_length, else model.max_length), off for masked LM."
     )
     packing_strategy: Literal["ffd", "greedy", "stream"] = Field(
         "ffd",
@@ -102,11 +104,6 @@ class ChatFormatConfig(Section):
             raise ValueError(
                 f"{SECTION_KEY}.template: unknown chat template {self.template!r}; "
                 f"allowed: auto (the tokenizer's own), {', '.join(NAMED_TEMPLATES)}"
-            )
-        if self.packing and self.max_length is None:
-            raise ValueError(
-                f"{SECTION_KEY}.packing: true needs {SECTION_KEY}.max_length (the packed sequence length), "
-                "e.g. max_length: 2048"
             )
         if self.truncation == "drop" and self.max_length is None:
             raise ValueError(

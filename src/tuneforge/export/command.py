@@ -96,10 +96,12 @@ def run_export(cfg: ExportConfig) -> Path:
 def _export_onnx(cfg: ExportConfig, out: Path, how: str, recipe, spec, tokenizer, data, val_enc) -> dict:
     """The export folder's model, reloaded with plain transformers (what users get), as ONNX + parity report."""
     from tuneforge.export.merge import reload_export
+    from tuneforge.evaluate.predict import resolve_eval_batch_size
     from tuneforge.export.onnx import export_with_parity, task_score
 
     model, _ = reload_export(out, how, spec.auto_class)
     metric = recipe.train.metric_for_best
     score = task_score(spec, data.records["validation"], val_enc, data.label_names, metric)
+    batch_size = resolve_eval_batch_size(recipe.train.eval_batch_size, model, val_enc)
     return export_with_parity(out, cfg, model=model.eval(), tokenizer=tokenizer, encoded=val_enc, score=score,
-                              metric=metric, batch_size=recipe.train.eval_batch_size)
+                              metric=metric, batch_size=batch_size)

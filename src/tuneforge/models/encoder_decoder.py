@@ -10,6 +10,10 @@ more steps than a pretrained seq2seq model but far fewer than one from scratch.
 generation ([CLS] starts the decoder, [SEP] ends it, [PAD] pads) and writes a directory that
 ``AutoModelForSeq2SeqLM`` and ``AutoTokenizer`` load like any other, atomically (a temporary
 sibling renamed into place, a marker written last) so parallel runs never see half a model.
+
+The attention kernel (``model.attn_implementation``) is not part of the build: a saved config names none,
+and ``build.load_task_model`` passes the run's choice to ``from_pretrained``, which hands it to the encoder
+and the decoder alike; so one cached build serves every kernel.
 """
 
 from __future__ import annotations

@@ -79,10 +79,11 @@ class LoraConfig(Section):
     r: int = Field(8, ge=1, le=1024, description="LoRA rank.")
     alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the LoRA branch input.")
-    target_modules: list[str] | None = Field(
+    target_modules: list[str] | Literal["all-linear"] | None = Field(
         None,
-        description="Names (or dotted name suffixes) of the linear layers to adapt, e.g. [query, value]. "
-        "null: the attention projections of the architecture (BERT-style: query, key, value, "
+        description="Names (or dotted name suffixes) of the linear layers to adapt, e.g. [query, value]; "
+        "all-linear: every linear layer of the body (attention, feed-forward, pooler), never the output layer "
+        "or the task head. null: the attention projections of the architecture (BERT-style: query, key, value, "
         "attention.output.dense; Llama-style: q/k/v/o_proj; T5: q, k, v, o; BART-style: q/k/v/out_proj; "
         "DistilBERT: q/k/v/out_lin; GPT-2: c_attn, attn.c_proj); other architectures: PEFT's default.",
     )
@@ -97,11 +98,33 @@ class LoraConfig(Section):
         description="Weight-decomposed LoRA (DoRA): learns a per-output magnitude next to the LoRA direction. "
         "method: dora sets this.",
     )
+    use_rslora: bool = Field(
+        False,
+        description="Rank-stabilised LoRA: scale the update by alpha/sqrt(r) instead of alpha/r, so higher ranks "
+        "keep learning as fast as low ones (Kalajdzievski 2023). Worth it from r of about 32 up.",
+    )
+    init: Literal["default", "gaussian", "pissa", "olora"] = Field(
+        "default",
+        description="How A and B start. default: A Kaiming-uniform, B zero (the update starts at 0); gaussian: A "
+        "normal(0, 1/r); pissa: A and B from the top-r singular vectors of each weight (fast randomised SVD, 4 "
+        "iterations), which are moved out of the frozen weight; olora: the same from a QR decomposition. pissa "
+        "and olora change the frozen base weights (the export merges them back) and often converge faster.",
+    )
+    plus_ratio: float | None = Field(
+        None,
+        gt=0,
+        description="LoRA+: the B matrices learn at plus_ratio x train.learning_rate, the A matrices at the "
+        "learning rate (Hayou et al. 2024 suggest 16). null: one learning rate for both.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "LoraConfig":
         if self.target_modules is not None and not self.target_modules:
-            raise ValueError("lora.target_modules is empty; list module names or use null for the default")
+            raise ValueError("lora.target_modules is empty; list module names, use all-linear, or null for the "
+                             "default")
+        if self.include_mlp and self.target_modules == "all-linear":
+            raise ValueError("lora.include_mlp applies only to the default target list; all-linear already "
+                             "includes the feed-forward layers: remove include_mlp")
         if self.include_mlp and self.target_modules is not None:
             raise ValueError(
                 "lora.include_mlp applies only to the default target list; with lora.target_modules set, "
@@ -345,6 +368,16 @@ def _method_config(method: str, cfg: MethodConfig | None) -> MethodConfig | None
     return cfg
 
 
+#: lora.init -> PEFT's init_lora_weights. PiSSA with 4 iterations of randomised SVD instead of the full SVD:
+#: the PiSSA paper's fast variant, close in quality, and seconds instead of minutes for 7B-size weights. Its
+#: random projection is seeded (see _get_peft_model), so rebuilding the model (tuneforge export, a resumed
+#: run) gives the same residual base weights.
+LORA_INIT: dict[str, bool | str] = {"default": True, "gaussian": "gaussian", "pissa": "pissa_niter_4",
+                                    "olora": "olora"}
+#: Seed of the random projection of PiSSA's randomised SVD (any fixed value; it never touches the run's RNG).
+_LORA_INIT_SEED = 0
+
+
 def _apply_peft(model, method: str, cfg: MethodConfig, task_type: str, heads: list[str], tokenizer):
     import peft
 
@@ -358,7 +391,7 @@ def _apply_peft(model, method: str, cfg: MethodConfig, task_type: str, heads: li
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
             if method == "prefix":
                 prefix_compatible(model)
-            wrapped = peft.get_peft_model(model, peft_cfg)
+            wrapped = _get_peft_model(model, peft_cfg, seeded=method in ("lora", "dora") and cfg.init == "pissa")
     except ValueError as exc:
         raise TuneforgeError(
             f"{key}: PEFT cannot apply {method} to {type(model).__name__} ({exc}); "
@@ -370,6 +403,18 @@ def _apply_peft(model, method: str, cfg: MethodConfig, task_type: str, heads: li
     return wrapped
 
 
+def _get_peft_model(model, peft_cfg, *, seeded: bool):
+    """``peft.get_peft_model``; ``seeded``: under a fixed seed of its own, leaving the run's RNG untouched."""
+    import peft
+    import torch
+
+    if not seeded:
+        return peft.get_peft_model(model, peft_cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_LORA_INIT_SEED)
+        return peft.get_peft_model(model, peft_cfg)
+
+
 def _peft_config(model, method: str, cfg: MethodConfig, task_type: str, heads: list[str]):
     """The PEFT config for ``method``, and the recipe key to name when PEFT rejects it."""
     import peft
@@ -379,9 +424,12 @@ def _peft_config(model, method: str, cfg: MethodConfig, task_type: str, heads: l
     # None, not []: PEFT adds its own default head names for SEQ_CLS/TOKEN_CLS/QA to whatever we pass.
     save = heads or None
     if method in ("lora", "dora"):
+        # "all-linear" goes to PEFT as is: it adapts every Linear/Conv1D but the output embeddings, and never
+        # one inside modules_to_save (our task heads, which train whole).
         targets = cfg.target_modules or default_lora_targets(model, cfg.include_mlp)
         return peft.LoraConfig(task_type=task, r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                target_modules=targets, use_dora=cfg.use_dora or method == "dora",
+                               use_rslora=cfg.use_rslora, init_lora_weights=LORA_INIT[cfg.init],
                                modules_to_save=save), "lora.target_modules"
     if method == "ia3":
         return peft.IA3Config(task_type=task, target_modules=cfg.target_modules,
@@ -490,6 +538,48 @@ def _init_prompt_from_text(peft_model, text: str, tokenizer) -> None:
     with torch.no_grad():
         vectors = words(torch.tensor(ids, device=words.weight.device))
         table.weight.copy_(vectors.to(table.weight.dtype))
+
+
+# ---------------------------------------------------------------------------------------- NEFTune
+
+#: Where the noise scale lives: on the embedding module itself, so the hook below is one module-level function
+#: and ``copy.deepcopy(model)`` gives a copy whose hook reads the copy's setting (as the adapters' hooks do).
+_NEFTUNE_ATTR = "tuneforge_neftune_alpha"
+
+
+def add_neftune(model, alpha: float):
+    """NEFTune (Jain et al. 2023, "NEFTune: Noisy Embeddings Improve Instruction Finetuning"): while the input
+    embedding module is in training mode, add uniform noise in [-1, 1] x alpha / sqrt(L x d) to its output (L:
+    the batch's padded sequence length, d: the embedding width; TRL's and transformers' scaling). Eval mode is
+    untouched. A forward hook, so it works under every method (the embedding is the base model's) and adds no
+    parameter; ``remove_neftune`` takes it off before export. Returns ``model``."""
+    if alpha <= 0:
+        raise ValueError(f"train.neftune_alpha must be positive, got {alpha}")
+    embedding = model.get_input_embeddings()
+    remove_neftune(model)  # a second call replaces the setting instead of stacking noise
+    setattr(embedding, _NEFTUNE_ATTR, float(alpha))
+    embedding.register_forward_hook(_neftune_noise)
+    return model
+
+
+def remove_neftune(model) -> None:
+    """Take NEFTune's hook off ``model``'s input embeddings (no-op when there is none)."""
+    embedding = model.get_input_embeddings()
+    for key in [k for k, hook in embedding._forward_hooks.items() if hook is _neftune_noise]:
+        del embedding._forward_hooks[key]
+    if hasattr(embedding, _NEFTUNE_ATTR):
+        delattr(embedding, _NEFTUNE_ATTR)
+
+
+def _neftune_noise(module, args, output):
+    if not module.training:
+        return None
+    import math
+
+    import torch
+
+    bound = getattr(module, _NEFTUNE_ATTR) / math.sqrt(output.size(-2) * output.size(-1))
+    return output + torch.zeros_like(output).uniform_(-bound, bound)
 
 
 # ----------------------------------------------------------------------------------------- export

@@ -57,6 +57,13 @@ class ArchitectureConfig(Section):
         return self
 
 
+def config_class(family: str) -> Any:
+    """The ``transformers`` config class of ``family`` (enough to know the model class before building it)."""
+    from transformers import BertConfig, GPT2Config, LlamaConfig
+
+    return {"gpt2": GPT2Config, "llama": LlamaConfig, "bert": BertConfig}[family]
+
+
 def build_config(arch: ArchitectureConfig, tokenizer: Any, max_length: int) -> Any:
     """The ``transformers`` config for ``arch`` with ``tokenizer``'s vocabulary and special tokens."""
     from transformers import BertConfig, GPT2Config, LlamaConfig
@@ -87,11 +94,13 @@ def build_config(arch: ArchitectureConfig, tokenizer: Any, max_length: int) -> A
 
 
 def scratch_model(arch: ArchitectureConfig, spec: Any, tokenizer: Any, max_length: int,
-                  label_names: list[str] | None) -> Any:
-    """A randomly initialised ``spec.auto_class`` model of architecture ``arch``."""
+                  label_names: list[str] | None, attn_implementation: str | None = None) -> Any:
+    """A randomly initialised ``spec.auto_class`` model of architecture ``arch``; ``attn_implementation``:
+    transformers' attention kernel (model.attn_implementation as resolved by ``build.choose_attention``),
+    None for transformers' default."""
     import transformers
 
     config = build_config(arch, tokenizer, max_length)
     for key, value in spec.head_kwargs(label_names).items():
         setattr(config, key, value)
-    return getattr(transformers, spec.auto_class).from_config(config)
+    return getattr(transformers, spec.auto_class).from_config(config, attn_implementation=attn_implementation)

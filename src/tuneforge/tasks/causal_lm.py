@@ -71,7 +71,9 @@ def _format_config(recipe):
     fmt = recipe.data.formatting
     # The model section's max_length caps every task's inputs; formatting may only be stricter.
     limit = min(fmt.max_length or recipe.model.max_length, recipe.model.max_length)
-    return fmt.model_copy(update={"max_length": limit})
+    # Packing is on unless the recipe turns it off: padding-free packed rows (no attention across
+    # documents, see data/batching.collate) train like separate examples with no compute on padding.
+    return fmt.model_copy(update={"max_length": limit, "packing": fmt.packing is not False})
 
 
 def encode(records: list[dict], tokenizer, recipe, names: list[str] | None):

@@ -109,8 +109,8 @@ def load_last(accelerator, ckpt_dir: Path, recipe_hash: str) -> TrainState:
     state = TrainState(**json.loads((target / STATE_FILE).read_text()))
     if state.recipe_hash and state.recipe_hash != recipe_hash:
         raise TuneforgeError(
-            f"--resume: the recipe differs from the one that wrote {target} (only train.halt_after_steps may "
-            "change); use the same recipe and overrides, or start a new run name"
+            f"--resume: the recipe differs from the one that wrote {target} (only train.halt_after_steps, "
+            "train.gradient_checkpointing and train.activation_offload may change); use the same recipe and overrides, or start a new run name"
         )
     accelerator.load_state(str(target))
     return state

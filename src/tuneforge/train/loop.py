@@ -66,6 +66,7 @@ def train_loop(inp: LoopInputs, state: TrainState) -> TrainState:
     eval_every = cfg.eval_every_steps or inp.steps_per_epoch
     meter = Throughput()
     running = []  # step losses since the last log record
+    running_tokens = 0  # real (non-pad) tokens trained on since the last log record
     model.train()
     progress = TrainProgress(inp.total_steps, state.global_step, enabled=acc.is_main_process,
                              log_every=cfg.log_every_steps)
@@ -106,6 +107,7 @@ def train_loop(inp: LoopInputs, state: TrainState) -> TrainState:
                 tokens = sum(lengths[j] for b in window for j in b)
                 meter.update(tokens, sum(len(b) for b in window))
                 running.append(step_loss)
+                running_tokens += tokens
                 tok_s, ex_s = meter.rates()
                 tflops, mfu = efficiency.rates(tok_s)
                 progress.update(state.global_step, step_loss, lr, tok_s, mfu=mfu, tflops=tflops)
@@ -113,10 +115,12 @@ def train_loop(inp: LoopInputs, state: TrainState) -> TrainState:
                     _log(inp, {"kind": "train", "step": state.global_step,
                                "epoch": round(state.epoch + state.batches_done_in_epoch / max(len(batches), 1), 4),
                                "loss": sum(running) / len(running), "lr": lr,
-                               "tokens_per_s": round(tok_s, 1), "examples_per_s": round(ex_s, 2),
+                               "tokens": running_tokens, "tokens_per_s": round(tok_s, 1),
+                               "examples_per_s": round(ex_s, 2),
                                "tflops": float(f"{tflops:.4g}"),
                                **({"mfu": round(mfu, 4)} if mfu is not None else {})})
                     running.clear()
+                    running_tokens = 0
                 out_of_time = deadline is not None and _past(deadline, acc)
                 if out_of_time:
                     progress.message(f"time budget of {cfg.max_minutes:g} min (train.max_minutes) used up at step "

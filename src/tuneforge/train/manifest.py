@@ -76,7 +76,9 @@ def hardware(device_type: str, world_size: int) -> dict:
 
 
 def build_manifest(recipe, data_files: list[Path], *, device_type: str, world_size: int, precision: str,
-                   recipe_hash: str) -> dict:
+                   recipe_hash: str, attention=None) -> dict:
+    """``attention``: the run's ``tuneforge.models.build.AttentionChoice`` (model.attn_implementation as
+    resolved on this machine: auto's outcome depends on the hardware, so the recipe alone does not say it)."""
     return {
         "run": recipe.name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -84,6 +86,8 @@ def build_manifest(recipe, data_files: list[Path], *, device_type: str, world_si
         "recipe_sha256": recipe_hash,
         "command": sys.argv,
         "precision": precision,
+        "attn_implementation": attention.implementation if attention is not None else None,
+        "attn_implementation_reason": attention.reason if attention is not None else None,
         "packages": package_versions(),
         "git": git_revision(),
         "data_files": {str(p): {"sha256": file_sha256(p), "bytes": p.stat().st_size} for p in data_files},

@@ -5,26 +5,44 @@ from __future__ import annotations
 import math
 
 
-def parameter_groups(model, weight_decay: float) -> list[dict]:
+def parameter_groups(model, weight_decay: float, *, lr: float | None = None,
+                     lora_plus_ratio: float | None = None) -> list[dict]:
     """Trainable parameters, with no weight decay on biases and normalisation weights (standard practice:
-    decaying a LayerNorm gain towards 0 only hurts)."""
-    decay, no_decay = [], []
+    decaying a LayerNorm gain towards 0 only hurts).
+
+    ``lora_plus_ratio`` (LoRA+, Hayou et al. 2024): the LoRA B matrices get groups of their own at
+    ``lr * lora_plus_ratio``, split by weight decay like the rest. The other groups carry no "lr" and take
+    the optimizer's; the first group is always one of those, so the learning rate the loop logs
+    (``get_last_lr()[0]``) stays train.learning_rate's schedule."""
+    if lora_plus_ratio is not None and lr is None:
+        raise ValueError("parameter_groups: lora_plus_ratio needs the base learning rate (lr=...)")
+    groups: dict[tuple[bool, bool], list] = {(b, d): [] for b in (False, True) for d in (True, False)}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim < 2 or "norm" in name.lower() or name.endswith(".bias"):
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+        decays = not (param.ndim < 2 or "norm" in name.lower() or name.endswith(".bias"))
+        groups[lora_plus_ratio is not None and _is_lora_b(name), decays].append(param)
+    out = []
+    for (is_b, decays), params in groups.items():
+        if not params:
+            continue
+        group = {"params": params, "weight_decay": weight_decay if decays else 0.0}
+        if is_b:
+            group["lr"] = lr * lora_plus_ratio
+        out.append(group)
+    return out
 
 
-def build_optimizer(model, cfg):
-    """cfg: TrainSection."""
+def _is_lora_b(name: str) -> bool:
+    # PEFT names them <layer>.lora_B.<adapter>.weight (lora_embedding_B.<adapter> for embedding layers).
+    return ".lora_B." in name or ".lora_embedding_B." in name
+
+
+def build_optimizer(model, cfg, *, lora_plus_ratio: float | None = None):
+    """cfg: TrainSection; ``lora_plus_ratio``: lora.plus_ratio under method lora/dora (see parameter_groups)."""
     import torch
 
-    groups = parameter_groups(model, cfg.weight_decay)
+    groups = parameter_groups(model, cfg.weight_decay, lr=cfg.learning_rate, lora_plus_ratio=lora_plus_ratio)
     if not groups:
         raise ValueError("no trainable parameters: the freezing policy froze everything")
     if cfg.optimizer == "adamw":

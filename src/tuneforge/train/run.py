@@ -44,9 +44,12 @@ class TrainResult:
 
 
 def recipe_hash(recipe: Recipe) -> str:
-    """Identity of a run for --resume: everything but the halt point, which is allowed to change."""
+    """Identity of a run for --resume: everything but what may change without changing the result: the halt
+    point, and the memory levers (activation checkpointing and offload recompute or move the same
+    values), so a run that ran out of memory resumes with them switched on."""
     data = recipe.model_dump(mode="json")
-    data["train"].pop("halt_after_steps", None)
+    for key in ("halt_after_steps", "gradient_checkpointing", "activation_offload"):
+        data["train"].pop(key, None)
     data["export"] = None  # exporting or not does not change training
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -147,7 +150,9 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, prep
     from accelerate.utils import gather_object, set_seed
 
     from tuneforge.data.prepare import encode_cached, load_prepared, prepare_task_data
-    from tuneforge.models.build import build_model, load_tokenizer, resolve_recipe_model, train_run_tokenizer
+    from tuneforge.models.build import (build_model, check_training_options, choose_attention, end_training,
+                                        load_tokenizer, prepare_for_training, resolve_recipe_model,
+                                        train_run_tokenizer)
     from tuneforge.train.checkpoint import TrainState, load_last
     from tuneforge.train.loop import LoopInputs, train_loop
     from tuneforge.train.manifest import build_manifest
@@ -157,6 +162,8 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, prep
     _quiet_libraries()
     run_dir = recipe.run_dir
     accelerator, precision = _make_accelerator(recipe.train.precision)
+    # attention kernel, checkpointing and offload vs this machine: before the run directory is touched
+    check_training_options(recipe, device_type=accelerator.device.type, precision=precision)
     is_main = accelerator.is_main_process
     say = _console().print if is_main else (lambda *a, **k: None)
     resume = _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, is_main=is_main)
@@ -182,22 +189,29 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, prep
             train_run_tokenizer(recipe.model, data.records["train"], run_dir, recipe.data.formatting.document_separator)
         accelerator.wait_for_everyone()
     resolved = resolve_recipe_model(recipe.model, run_dir=run_dir)
+    attention = choose_attention(recipe, resolved, spec, device_type=accelerator.device.type, precision=precision)
     set_seed(recipe.seed)
     tokenizer = load_tokenizer(resolved, recipe.model.trust_remote_code)
     train_enc = encode_cached(tokenizer, data, "train", recipe, spec)
     val_enc = encode_cached(tokenizer, data, "validation", recipe, spec)
-    model, params = build_model(recipe, resolved, spec, data.label_names, tokenizer.pad_token_id, tokenizer)
+    model, params = build_model(recipe, resolved, spec, data.label_names, tokenizer.pad_token_id, tokenizer,
+                                attn_implementation=attention.implementation)
+    attention = attention.built(model)
+    prepare_for_training(model, recipe.train)  # checkpointing, activation offload, NEFTune
     say(f"model: {resolved.name} ({resolved.source}: {resolved.path}); method {recipe.method}; {params}")
+    say(str(attention))
 
     cfg = recipe.train
     steps_per_epoch, total_steps = schedule_steps(len(train_enc), cfg)
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg, lora_plus_ratio=recipe.lora.plus_ratio
+                                if recipe.method in ("lora", "dora") else None)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
 
     manifest = build_manifest(recipe, [Path(p) for p in data.files], device_type=accelerator.device.type,
-                              world_size=accelerator.num_processes, precision=precision, recipe_hash=r_hash)
+                              world_size=accelerator.num_processes, precision=precision, recipe_hash=r_hash,
+                              attention=attention)
     ckpt_dir = run_dir / "checkpoints"
     metrics_file = run_dir / "metrics.jsonl"
     if resume:
@@ -256,6 +270,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, prep
 
     # --- final evaluation of the best checkpoint, in fp32, on one process
     base = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    end_training(base)  # NEFTune, offload, checkpointing off; default attention, as the export reloads with
     if is_main:
         result = _finish(recipe, spec, base, tokenizer, val_enc, data, ckpt_dir, metrics_file, manifest, params,
                          result, say)
