@@ -60,7 +60,7 @@ def test_unknown_recipe_key(tmp_path):
     result = invoke("run", path)
     assert result.exit_code == 2
     assert "model.nmae: unknown key (did you mean 'name'?); allowed keys here: allow_pickle, architecture, " \
-           "max_length, name, tokenizer, trust_remote_code" in result.output
+           "attn_implementation, max_length, name, " in result.output
     assert "Traceback" not in result.output
 
 
