@@ -116,14 +116,14 @@ def load_last(accelerator, ckpt_dir: Path, recipe_hash: str) -> TrainState:
     return state
 
 
-def save_best(model, ckpt_dir: Path, step: int, metrics: dict) -> None:
-    """Weights and best.json as one folder swap: a kill leaves the previous best whole, or the new one."""
+def save_best(weights: dict, ckpt_dir: Path, step: int, metrics: dict) -> None:
+    """Weights and best.json as one folder swap: a kill leaves the previous best whole, or the new one.
+    ``weights``: the trainable parameters, whole (``tuneforge.train.distributed.trainable_weights``, which
+    gathers them from every process when the model is sharded)."""
     from safetensors.torch import save_file
 
-    from tuneforge.models.build import trainable_state_dict
-
     with staged_dir(ckpt_dir / "best") as tmp:
-        save_file(trainable_state_dict(model), str(tmp / "trainable.safetensors"))
+        save_file(weights, str(tmp / "trainable.safetensors"))
         (tmp / "best.json").write_text(json.dumps({"step": step, "metrics": metrics}, indent=2))
 
 

@@ -17,6 +17,7 @@ from typing import Callable
 from tuneforge.data.batching import Encoded, collate, length_grouped_batches, shard
 from tuneforge.evaluate.metrics import metric_is_better
 from tuneforge.train.checkpoint import TrainState, save_best, save_last
+from tuneforge.train.distributed import trainable_weights
 from tuneforge.train.flops import efficiency_for_run, tokens_per_example
 from tuneforge.train.progress import TrainProgress
 from tuneforge.train.losses import forward_loss_sum
@@ -171,8 +172,10 @@ def _evaluate_and_checkpoint(inp: LoopInputs, state: TrainState, progress: Train
     if metric_is_better(cfg.metric_for_best, value, state.best_metric):
         state.best_metric, state.best_step = value, state.global_step
         state.evals_without_improvement = 0
+        # every process joins: with sharded parameters (FSDP) gathering them is a collective
+        weights = trainable_weights(acc, inp.model)
         if acc.is_main_process:
-            save_best(acc.unwrap_model(inp.model), inp.ckpt_dir, state.global_step, record)
+            save_best(weights, inp.ckpt_dir, state.global_step, record)
         note = " (best)"
     else:
         state.evals_without_improvement += 1

@@ -125,8 +125,8 @@ def _fresh_accelerator_state() -> None:
 
 def _make_accelerator(requested_precision: str):
     import torch
-    from accelerate import Accelerator
 
+    from tuneforge.train.distributed import make_accelerator
     from tuneforge.train.precision import resolve_precision
 
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
@@ -135,7 +135,8 @@ def _make_accelerator(requested_precision: str):
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
     # cpu=True on CPU-only machines is what lets Accelerate form a gloo process group under
     # `accelerate launch --multi_gpu --num_processes N` / torchrun (MULTI_CPU); on one process it is a no-op.
-    return Accelerator(mixed_precision=mixed, cpu=device_type == "cpu"), precision
+    # An FSDP launch (configs/accelerate/fsdp2.yaml) gets FSDP2, on CPUs too (train/distributed.py).
+    return make_accelerator(mixed, cpu=device_type == "cpu"), precision
 
 
 def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, prepared: Path | None = None,
@@ -154,6 +155,8 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, prep
                                         load_tokenizer, prepare_for_training, resolve_recipe_model,
                                         train_run_tokenizer)
     from tuneforge.train.checkpoint import TrainState, load_last
+    from tuneforge.train.distributed import (check_distributed_options, configure_sharding, describe,
+                                             eval_batch_size, full_weights, load_full_weights, params_sharded)
     from tuneforge.train.loop import LoopInputs, train_loop
     from tuneforge.train.manifest import build_manifest
     from tuneforge.tasks import spec_for
@@ -164,6 +167,7 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, prep
     accelerator, precision = _make_accelerator(recipe.train.precision)
     # attention kernel, checkpointing and offload vs this machine: before the run directory is touched
     check_training_options(recipe, device_type=accelerator.device.type, precision=precision)
+    check_distributed_options(recipe, accelerator)  # what the loop cannot do under FSDP / DeepSpeed
     is_main = accelerator.is_main_process
     say = _console().print if is_main else (lambda *a, **k: None)
     resume = _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, is_main=is_main)
@@ -206,7 +210,12 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, prep
     optimizer = build_optimizer(model, cfg, lora_plus_ratio=recipe.lora.plus_ratio
                                 if recipe.method in ("lora", "dora") else None)
     scheduler = build_scheduler(optimizer, cfg, total_steps)
+    # Together: FSDP2 shards the model in place and then points the optimizer at the shards.
+    configure_sharding(accelerator, model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
+    sharded = params_sharded(accelerator)
+    if accelerator.num_processes > 1:
+        say(describe(accelerator))
     accelerator.register_for_checkpointing(scheduler)
 
     manifest = build_manifest(recipe, [Path(p) for p in data.files], device_type=accelerator.device.type,
@@ -234,13 +243,19 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, prep
     loop_enc = val_enc if len(loop_rows) == len(data.records["validation"]) else \
         spec.encode(loop_rows, tokenizer, recipe, data.label_names)
 
+    # Sharded parameters (FSDP): every forward is collective, so every process evaluates every row, in
+    # batches of one size for all; otherwise each process takes a share of every batch.
+    eval_rank, eval_world = (0, 1) if sharded else (accelerator.process_index, accelerator.num_processes)
+    loop_batch_size = eval_batch_size(accelerator, cfg.eval_batch_size, model, loop_enc)
+
     def evaluate(m, step: int) -> dict:
         from tuneforge.evaluate.predict import predict
 
-        # The unwrapped module (still autocast when mixed precision is on) avoids DDP collectives in eval.
-        preds = predict(accelerator.unwrap_model(m), loop_enc, batch_size=cfg.eval_batch_size,
+        # The unwrapped module (still autocast when mixed precision is on) avoids DDP collectives in eval
+        # (a sharded one still gathers its weights: every process runs every batch).
+        preds = predict(accelerator.unwrap_model(m), loop_enc, batch_size=loop_batch_size,
                         pad_id=tokenizer.pad_token_id, device=accelerator.device,
-                        rank=accelerator.process_index, world_size=accelerator.num_processes, gather=gather_object)
+                        rank=eval_rank, world_size=eval_world, gather=gather_object)
         out = spec.metrics(preds, loop_rows, loop_enc, data.label_names)
         out["loss"] = preds.loss
         if spec.generate_metrics is not None and (recipe.task != "causal_lm"
@@ -269,8 +284,23 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, prep
         return result
 
     # --- final evaluation of the best checkpoint, in fp32, on one process
-    base = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-    end_training(base)  # NEFTune, offload, checkpointing off; default attention, as the export reloads with
+    if sharded:
+        # Each process holds a shard of every weight: gather them all (every process joins) and evaluate
+        # and export a plain copy rebuilt on the main process, the model a DDP run would have there.
+        weights = full_weights(accelerator, model)
+        # The sharded model and its optimizer state are done with: free them before the copy takes the device.
+        inputs = scheduler = None
+        model, optimizer = accelerator.free_memory(model, optimizer)
+        base = None
+        if is_main:
+            base, _ = build_model(recipe, resolved, spec, data.label_names, tokenizer.pad_token_id, tokenizer)
+            load_full_weights(base, weights)
+            del weights
+            base.to(accelerator.device)
+    else:
+        base = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    if base is not None:
+        end_training(base)  # NEFTune, offload, checkpointing off; default attention, as the export reloads with
     if is_main:
         result = _finish(recipe, spec, base, tokenizer, val_enc, data, ckpt_dir, metrics_file, manifest, params,
                          result, say)
