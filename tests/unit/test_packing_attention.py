@@ -60,7 +60,7 @@ def test_packed_loss_and_gradients_equal_separate_documents(impl):
         loss, _ = forward_loss_sum(model, collate(one, [0], pad_id=0), "causal")
         loss.backward()  # gradients accumulate over the documents, as the packed batch's sum does
         total += float(loss.detach())
-    assert float(loss_packed) == pytest.approx(total, rel=1e-5, abs=1e-5)
+    assert float(loss_packed.detach()) == pytest.approx(total, rel=1e-5, abs=1e-5)
     assert sum(enc.weights) == sum(sum(1 for t in l[1:] if t != -100) for _, l in DOCS)
     for name, g in grads(model).items():
         torch.testing.assert_close(g_packed[name], g, rtol=1e-4, atol=1e-6, msg=name)
