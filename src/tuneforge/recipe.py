@@ -25,6 +25,7 @@ from tuneforge.data.sources import SourceConfig, SourceFormat, is_glob
 from tuneforge.data.split import SplitConfig
 from tuneforge.models.methods import (METHOD_SECTIONS, AdapterConfig, IA3Config, LoraConfig, MethodName,
                                       PrefixTuningConfig, PromptTuningConfig)
+from tuneforge.models.quantize import QuantizeConfig, recipe_problem as quantize_problem
 from tuneforge.models.scratch import FAMILY_TASKS, ArchitectureConfig
 from tuneforge.models.tokenizer_train import TokenizerTrainConfig
 from tuneforge.sections import Section
@@ -86,6 +87,11 @@ class ModelSection(Section):
         "it, else sdpa; on CPU eager for hidden size <= 1024 (faster there for small models), else sdpa. "
         "flash_attention_2 and flex_attention need a CUDA GPU. The final fp32 evaluation and the export use the "
         "model's default (sdpa where supported). See docs/memory.md."
+    )
+    quantize: QuantizeConfig | None = Field(
+        None, description="Load the frozen base quantised to 4 or 8 bits (QLoRA) and train method lora or dora on "
+        "top; the export merges the adapter into the dequantised weights, in fp32. null: full precision. See "
+        "docs/memory.md (Quantised bases)."
     )
 
     @model_validator(mode="after")
@@ -252,7 +258,10 @@ class TrainSection(Section):
         "of memory is retried in halves."
     )
     learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate.")
-    optimizer: Literal["adamw", "sgd", "adafactor"] = Field("adamw", description="Optimizer.")
+    optimizer: Literal["adamw", "sgd", "adafactor", "adamw_8bit", "paged_adamw_8bit"] = Field(
+        "adamw", description="Optimizer. adamw_8bit: AdamW with 8-bit optimizer state (bitsandbytes), a quarter of "
+        "adamw's state memory; paged_adamw_8bit: the same, state paged between GPU and CPU memory (CUDA only)."
+    )
     weight_decay: float = Field(0.01, ge=0, description="Decoupled weight decay (not applied to biases/norms).")
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
@@ -418,6 +427,13 @@ class Recipe(Section):
                 f"freeze: must be 'none' with method '{self.method}' (it already decides what trains); "
                 f"got {self._freeze_text()}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_quantize(self) -> "Recipe":
+        problem = quantize_problem(self)
+        if problem:
+            raise ValueError(problem)
         return self
 
     def _freeze_text(self) -> str:

@@ -80,7 +80,8 @@ def test_wrong_type_names_key_value_and_expectation(tmp_path):
 
 
 def test_bad_choice_lists_allowed(tmp_path):
-    with pytest.raises(RecipeError, match=r"train.optimizer: got 'adam': Input should be 'adamw', 'sgd' or 'adafactor'"):
+    with pytest.raises(RecipeError, match=r"train.optimizer: got 'adam': Input should be 'adamw', 'sgd', 'adafactor', "
+                                         r"'adamw_8bit' or 'paged_adamw_8bit'"):
         load_recipe(write(tmp_path, BASE + "train:\n  optimizer: adam\n"))
 
 

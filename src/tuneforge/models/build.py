@@ -92,9 +92,10 @@ def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
 
 def load_task_model(resolved: ResolvedModel, spec, label_names: list[str] | None, *,
                     trust_remote_code: bool = False, pad_token_id: int | None = None,
-                    attn_implementation: str | None = None):
+                    attn_implementation: str | None = None, extra_load_kwargs: dict | None = None):
     """Pretrained body with a freshly initialised head for task ``spec`` (``spec.auto_class``).
-    ``attn_implementation``: transformers' attention kernel (see ``choose_attention``); None: its default."""
+    ``attn_implementation``: transformers' attention kernel (see ``choose_attention``); None: its default.
+    ``extra_load_kwargs``: more ``from_pretrained`` arguments (a quantised base: ``quantize.quantized_load_kwargs``)."""
     import transformers
     from transformers.utils import logging as hf_logging
 
@@ -104,7 +105,7 @@ def load_task_model(resolved: ResolvedModel, spec, label_names: list[str] | None
     try:
         model = getattr(transformers, spec.auto_class).from_pretrained(
             resolved.path, **spec.head_kwargs(label_names), attn_implementation=attn_implementation,
-            **model_load_kwargs(resolved, trust_remote_code=trust_remote_code),
+            **model_load_kwargs(resolved, trust_remote_code=trust_remote_code), **(extra_load_kwargs or {}),
         )
     except (ImportError, ValueError) as exc:
         if attn_implementation is None or attn_implementation not in str(exc):
@@ -180,8 +181,14 @@ def build_model(recipe, resolved: ResolvedModel, spec, label_names: list[str] | 
         model = scratch_model(recipe.model.architecture, spec, tokenizer, recipe.model.max_length, label_names,
                               attn_implementation=attn_implementation)
     else:
+        from tuneforge.models.quantize import prepare_quantized, quantized_load_kwargs
+
+        quantized = quantized_load_kwargs(recipe, resolved, spec, label_names)  # {} without model.quantize
         model = load_task_model(resolved, spec, label_names, trust_remote_code=recipe.model.trust_remote_code,
-                                pad_token_id=pad_token_id, attn_implementation=attn_implementation)
+                                pad_token_id=pad_token_id, attn_implementation=attn_implementation,
+                                extra_load_kwargs=quantized)
+        if quantized:
+            prepare_quantized(model)  # frozen, full-precision parts in fp32 (peft's kbit preparation)
     if recipe.method == "full":
         apply_freeze(model, recipe.freeze)
     else:
@@ -271,6 +278,9 @@ def check_training_options(recipe, *, device_type: str, precision: str) -> None:
             "set gradient_checkpointing: false"
         )
     _check_attention_machine(recipe.model.attn_implementation, device_type, precision)
+    from tuneforge.models.quantize import check_quantize_machine
+
+    check_quantize_machine(recipe, device_type=device_type)  # model.quantize, 8-bit optimizers
 
 
 def _check_attention_machine(requested: str, device_type: str, precision: str) -> None:

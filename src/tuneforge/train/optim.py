@@ -55,7 +55,26 @@ def build_optimizer(model, cfg, *, lora_plus_ratio: float | None = None):
         return torch.optim.SGD(groups, lr=cfg.learning_rate, momentum=cfg.momentum)
     if cfg.optimizer == "adafactor":
         return torch.optim.Adafactor(groups, lr=cfg.learning_rate)
+    if cfg.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+        return _adamw_8bit(groups, cfg)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+def _adamw_8bit(groups: list[dict], cfg):
+    """bitsandbytes' AdamW with both moments stored in 8 bits (block-wise quantised, dequantised for each update):
+    a quarter of AdamW's state memory; tensors under 4,096 elements keep 32-bit state (bitsandbytes' default).
+    The paged variant keeps the state in CUDA unified memory, which pages it out to CPU memory under pressure
+    instead of running out. ``check_training_options`` has checked bitsandbytes is usable."""
+    from tuneforge.errors import TuneforgeError
+    from tuneforge.models.quantize import import_bitsandbytes
+
+    bnb = import_bitsandbytes()
+    if bnb is None:  # tuneforge.train.optim used outside a run
+        raise TuneforgeError(f"train.optimizer: {cfg.optimizer} needs the bitsandbytes package (pip install "
+                             "bitsandbytes); or use adamw")
+    optimizer = bnb.optim.PagedAdamW8bit if cfg.optimizer == "paged_adamw_8bit" else bnb.optim.AdamW8bit
+    # every group carries its own weight_decay (parameter_groups)
+    return optimizer(groups, lr=cfg.learning_rate, betas=tuple(cfg.adam_betas))
 
 
 def warmup_steps(cfg, total_steps: int) -> int:
