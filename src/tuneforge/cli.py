@@ -396,6 +396,30 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Print the checks
     raise typer.Exit(_guard(body))
 
 
+@app.command("plan")
+def plan_cmd(recipe: Path = typer.Argument(..., help="Recipe YAML file."), overrides: Optional[List[str]] = OVERRIDES,
+             memory: Optional[str] = typer.Option(None, "--memory", help="Memory budget per process (e.g. 24GiB): "
+                                                  "does it fit, and the cheapest recipe changes that make it fit."),
+             device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, h100, a100-80gb, l4 or rtx4090 "
+                                                  "(default: this machine's GPU, else cpu)."),
+             measure: int = typer.Option(0, "--measure", min=0, help="Also run N real training steps here and "
+                                         "print measured vs planned peak memory and step time."),
+             processes: Optional[int] = typer.Option(None, "--processes", min=1, help="Processes sharing the "
+                                                     "global batch (default: this launch's)."),
+             shard: Optional[str] = typer.Option(None, "--shard", help="none, zero2, zero3 or fsdp."),
+             json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON.")):
+    """Estimate peak memory and time of a recipe's training before any work (no weights are loaded)."""
+    def body():
+        from tuneforge.plan.command import run_plan
+
+        cfg = _load(recipe, overrides)
+        if measure:
+            _require_data(cfg, recipe)
+        run_plan(cfg, recipe_path=recipe, overrides=overrides, device=device, memory=memory, measure_steps=measure,
+                 processes=processes, shard=shard, as_json=json_out)
+    _guard(body)
+
+
 bench_app = typer.Typer(no_args_is_help=True, help="Measure this machine (cached; used for MFU during training).")
 app.add_typer(bench_app, name="bench")
 
@@ -478,6 +502,11 @@ def tokenizer_train(
 
 
 def main() -> None:
+    # peft imports bitsandbytes and torchao whenever they are installed, and both log at import about
+    # optional kernels they cannot load here (then fall back): quiet those loggers for every command.
+    from tuneforge.models.quantize import quiet_kernel_loaders
+
+    quiet_kernel_loaders()
     app()
 
 
