@@ -421,3 +421,31 @@ def test_copy_of_model_is_probed_separately():
     clone = copy.deepcopy(model)
     _, out = forward_loss_sum(clone, b, "causal")
     assert isinstance(out, VocabOutput)
+
+
+def test_the_split_is_verified_under_accelerates_bf16_autocast():
+    """Accelerate wraps the forward in autocast and returns fp32 outputs: the probe must still accept the
+    split (it compares half-precision logits with an fp32 projection), or every bf16 run falls back to
+    the full logits."""
+    import torch
+    from accelerate import Accelerator
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tuneforge.train import losses
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2))
+    from accelerate.state import AcceleratorState, GradientState
+
+    def reset():  # Accelerate's state is a process-wide singleton; leave it as other tests expect it
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+    reset()
+    try:
+        model = Accelerator(mixed_precision="bf16", cpu=True).prepare(model)
+        ids = torch.randint(0, 256, (2, 24))
+        assert losses._verified_split(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}) is not None
+    finally:
+        reset()

@@ -60,11 +60,10 @@ CALIBRATION = {
                         source="assumed: CUDA context ~0.6 GB, 40% MFU (not measured)"),
 }
 #: Whether the chunked vocabulary loss (``tuneforge.train.losses``) takes effect under bf16/fp16 autocast.
-#: Measured: no. ``train()`` lets Accelerate wrap the model's forward in autocast, the chunked loss
-#: projects the hidden states outside that wrapper, in fp32, and its one-off probe then finds logits that
-#: differ from the model's bf16 ones and falls back to the model's full logits (minilm-l6 masked LM and
-#: smollm2-135m, torch 2.13 / accelerate 1.16). Set to True once the probe accepts autocast.
-CHUNKED_LOSS_UNDER_AUTOCAST = False
+#: Until 2026-12-06 it did not (the loss's probe compared Accelerate's autocast logits with an fp32
+#: projection at fp32 tolerance and fell back to the full logits); the accuracy table in docs/plan.md was
+#: measured then, with this set to False. The probe now uses the half-precision tolerance under autocast.
+CHUNKED_LOSS_UNDER_AUTOCAST = True
 #: Mean padded length over the longest one from which the steps count as repeating at the peak's size.
 STEADY_LENGTH_SHARE = 0.9
 
@@ -371,7 +370,10 @@ def make_plan(recipe, *, device: str = "cpu", processes: int = 1, shard: str = "
                         arch_vocab=facts.arch.vocab)
     cal = calibration or CALIBRATION[dev.kind]
     peak = dev.peak_flops.get(precision)  # per process: the cache holds one process at its thread count
-    if peak is None:
+    if dev.name == "cuda" and not _local("cuda"):
+        notes.append("no CUDA GPU on this machine: for the memory budget and the step time name one "
+                     f"(--device {', '.join(GPUS)})")
+    elif peak is None:
         notes.append(f"no {precision} matmul peak for {dev.name}: run `tuneforge bench peak --dtype {precision}` "
                      "for the step time")
     steps = None

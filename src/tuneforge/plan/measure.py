@@ -156,7 +156,6 @@ def compare(plan, record: dict, *, cpu_time: bool = False) -> dict:
     from tuneforge.plan.estimate import (activation_bytes, dropout_elements, logit_elements, micro_batch_seconds,
                                          optimizer_traffic_bytes, step_flops, train_components)
 
-    est = plan.estimate
     setup, cal = plan.setup, plan.calibration
     shapes = [tuple(s) for step in record["steps"] for s in step["shapes"]]
     batch, length = max(shapes, key=lambda s: s[0] * s[1])
@@ -177,7 +176,8 @@ def compare(plan, record: dict, *, cpu_time: bool = False) -> dict:
             one = replace(setup, micro_batch=b, seq_mean=float(n), seq_peak=n, accumulation=1)
             flops = step_flops(plan.arch, plan.params, one, plan.config)
             kept, _ = activation_bytes(plan.arch, plan.params, one, b * n, n)
-            drops, logits = dropout_elements(plan.arch, plan.params, one, b * n, n), logit_elements(plan.arch, one, b * n)
+            drops = dropout_elements(plan.arch, plan.params, one, b * n, n)
+            logits = logit_elements(plan.arch, one, b * n)
             if plan.peak_flops:
                 planned += micro_batch_seconds(flops, kept, plan.peak_flops, cal, drops, logits, setup.threads,
                                                setup.precision)
@@ -200,7 +200,7 @@ def compare(plan, record: dict, *, cpu_time: bool = False) -> dict:
         "measured_step_seconds": measured_step,
         "time_ratio": (planned_step / measured_step) if planned_step else None,
         "timed_steps": len(steps), "steps": steps, "notes": record.get("notes", []),
-        "planned_components": est.components,
+        "planned_components": parts,  # at the largest micro-batch measured
     }
 
 
