@@ -345,8 +345,7 @@ def cache_argument(model) -> str:
     virtual tokens, so a cache passed under the new name would get the prefix again at every step."""
     import inspect
 
-    if getattr(model, "peft_config", None) is not None and getattr(model, "active_peft_config", None) is not None \
-            and model.active_peft_config.is_prompt_learning:
+    if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
         return "past_key_values"
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
