@@ -185,7 +185,7 @@ def machine_info() -> dict:
     import transformers
 
     from tuneforge.train.manifest import cpu_model
-    from tuneforge.train.precision import cpu_has_native_bf16
+    from tuneforge.models.precision import cpu_has_native_bf16
 
     flags = ""
     try:
@@ -252,7 +252,7 @@ class Harness:
         from tuneforge.tasks import spec_for
         from tuneforge.train.flops import model_flops_per_token, tokens_per_example
         from tuneforge.train.optim import build_optimizer, build_scheduler
-        from tuneforge.train.run import _make_accelerator
+        from tuneforge.train.session import _make_accelerator
 
         torch.manual_seed(recipe.seed)
         self.acc, self.precision = _make_accelerator(recipe.train.precision)
@@ -288,7 +288,7 @@ class Harness:
         from torch.profiler import record_function
 
         from tuneforge.data.batching import collate
-        from tuneforge.train.losses import forward_loss_sum
+        from tuneforge.tasks.losses import forward_loss_sum
         from tuneforge.train.steps import step_loss_scale
 
         acc, idx = self.acc, self.batches[self.next % len(self.batches)]

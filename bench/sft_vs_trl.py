@@ -12,7 +12,9 @@ Precision: each side's default (TRL: `bf16=True`; tuneforge: `precision: auto`, 
 CPU with native bf16, else fp32). The rows:
 
 * `tuneforge` (defaults: padding-free packing, loss only at answer positions, chunked)
+* `tuneforge, gradient checkpointing on` (the lever TRL turns on by default)
 * `tuneforge, packing off` (8 examples a step, like TRL: the same examples per step)
+* `tuneforge, packing off, checkpointing on` (TRL's default setup, on our loop)
 * `TRL SFTTrainer` (its documented defaults: gradient checkpointing on)
 * `TRL SFTTrainer, checkpointing off` (what a user who wants speed switches)
 * `TRL SFTTrainer, padding-free packing` (`packing=True`, TRL's bfd strategy, checkpointing off)
@@ -38,9 +40,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 GSM8K = REPO / "data" / "external" / "gsm8k" / "train.jsonl"
-SIDES = ["tuneforge", "tuneforge-nopack", "trl-default", "trl-nogc", "trl-packed"]
+SIDES = ["tuneforge", "tuneforge-gc", "tuneforge-nopack", "tuneforge-nopack-gc", "trl-default", "trl-nogc",
+         "trl-packed"]
 LABELS = {"tuneforge": "tuneforge (defaults: packing, answer-only chunked loss)",
+          "tuneforge-gc": "tuneforge, `train.gradient_checkpointing: true`",
           "tuneforge-nopack": "tuneforge, packing off",
+          "tuneforge-nopack-gc": "tuneforge, packing off, checkpointing on",
           "trl-default": "TRL SFTTrainer (documented defaults: checkpointing on)",
           "trl-nogc": "TRL SFTTrainer, checkpointing off",
           "trl-packed": "TRL SFTTrainer, packing on, checkpointing off"}
@@ -59,7 +64,7 @@ def peak_rss_gb() -> float:
 # ------------------------------------------------------------------------------------------ tuneforge
 
 
-def run_tuneforge(args, workdir: Path, packing: bool) -> dict:
+def run_tuneforge(args, workdir: Path, packing: bool, checkpointing: bool) -> dict:
     from tuneforge.recipe import load_recipe
     from tuneforge.train.run import train
 
@@ -76,7 +81,8 @@ def run_tuneforge(args, workdir: Path, packing: bool) -> dict:
         "method": "lora", "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "include_mlp": True},
         "causal_lm": {"eval_metric": "none", "compare_with_base": False},
         "train": {"max_steps": args.steps, "batch_size": 8, "learning_rate": 2e-4, "scheduler": "constant",
-                  "warmup_ratio": 0.0, "eval_every_steps": 10_000, "log_every_steps": 1, "eval_batch_size": 8},
+                  "warmup_ratio": 0.0, "eval_every_steps": 10_000, "log_every_steps": 1, "eval_batch_size": 8,
+                  "gradient_checkpointing": checkpointing},
         "export": {"enabled": False},
     }
     path = workdir / "recipe.yaml"
@@ -149,7 +155,8 @@ def worker(side: str, args) -> dict:
     with tempfile.TemporaryDirectory(prefix="sft-bench-") as tmp:
         t0 = time.perf_counter()
         if side.startswith("tuneforge"):
-            result = run_tuneforge(args, Path(tmp), packing=side == "tuneforge")
+            result = run_tuneforge(args, Path(tmp), packing="nopack" not in side,
+                                   checkpointing=side.endswith("-gc"))
         else:
             result = run_trl(args, Path(tmp), gradient_checkpointing=side == "trl-default",
                              packing=side == "trl-packed")

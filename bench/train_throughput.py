@@ -127,7 +127,7 @@ def machine_info() -> dict:
     import transformers
 
     try:
-        from tuneforge.train.precision import cpu_has_native_bf16
+        from tuneforge.models.precision import cpu_has_native_bf16
 
         native_bf16 = cpu_has_native_bf16()
     except Exception:  # noqa: BLE001 - informational only

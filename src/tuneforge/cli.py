@@ -45,16 +45,18 @@ def _guard(fn, *args, **kwargs):
         raise typer.Exit(130) from None
 
 
-def _load(recipe: Path, overrides: Optional[List[str]]):
-    from tuneforge.recipe import load_recipe
-    from tuneforge.tune import has_search
+def _load(recipe: Path, overrides: Optional[List[str]], parsed: dict | None = None):
+    """The recipe at ``recipe`` validated with ``overrides``; ``parsed``: its YAML, when the command read it already."""
+    from tuneforge.config_io import load_config, read_yaml
+    from tuneforge.recipe import Recipe
 
-    if Path(recipe).exists() and has_search(recipe):
+    parsed = read_yaml(recipe) if parsed is None else parsed
+    if "search" in parsed:
         from tuneforge.errors import RecipeError
 
         raise RecipeError(f"{recipe} has a search: section: run the study with `tuneforge tune {recipe}` (remove "
                           "search: to train the recipe once)")
-    return load_recipe(recipe, overrides or [])
+    return load_config(Recipe, recipe, overrides or [], parsed=parsed)
 
 
 def _require_data(cfg, recipe: Path, where: str = "") -> None:
@@ -76,13 +78,12 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."), overr
              explain: bool = typer.Option(False, "--explain", help="Also list every key with its default.")):
     """Check a recipe (keys, types, cross-field rules, data files exist) without running anything."""
     def body():
+        from tuneforge.config_io import read_yaml
         from tuneforge.recipe import describe_fields
+        from tuneforge.stages import load_stages, plan
 
-        from tuneforge.stages import is_stages_file, load_stages, plan
-
-        from tuneforge.tune import has_search
-
-        if Path(recipe).exists() and has_search(recipe):
+        parsed = read_yaml(recipe)  # once: the kind of recipe and the recipe itself
+        if "search" in parsed:
             from tuneforge.tune.run import load_tune
 
             spec = load_tune(recipe, overrides or [])
@@ -92,15 +93,15 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."), overr
                   f"{s.sampler} sampler, {s.pruner} pruner, {spec.direction} {spec.metric}; up to "
                   f"{s.trial_budget()} trials in {spec.study_dir}")
             return
-        if Path(recipe).exists() and is_stages_file(recipe):
-            runs = plan(load_stages(recipe, overrides or []))
+        if "stages" in parsed:
+            runs = plan(load_stages(recipe, overrides or [], parsed=parsed))
             for r in runs:
                 _require_data(r.recipe, recipe, f"stage {r.label}: ")
                 print(f"{recipe}: stage {r.label}: task {r.recipe.task}, model from {r.model_from} "
                       f"-> {r.recipe.run_dir}")
             print(f"{recipe}: valid ({len(runs)} stage runs)")
             return
-        cfg = _load(recipe, overrides)
+        cfg = _load(recipe, overrides, parsed)
         _require_data(cfg, recipe)
         print(f"{recipe}: valid (run directory {cfg.run_dir})")
         if explain:
@@ -109,30 +110,46 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."), overr
     _guard(body)
 
 
-def _stages_command(recipe: Path, overrides, resume: bool, overwrite: bool):
+def _stages_command(recipe: Path, overrides, resume: bool, overwrite: bool, parsed: dict):
     from tuneforge.errors import TuneforgeError
     from tuneforge.stages import load_stages, run_stages
 
     if resume:
         raise TuneforgeError("--resume applies to single runs; a stages recipe reuses its finished stages by itself "
                              "(run it again), or starts over with --overwrite")
-    result = run_stages(load_stages(recipe, overrides or []), overwrite=overwrite)
+    result = run_stages(load_stages(recipe, overrides or [], parsed=parsed), overwrite=overwrite)
     print(f"report: {result.report}")
+
+
+def _warn_if_too_big(cfg) -> None:
+    """Say before any work when the plan's peak exceeds the memory this machine has free (issue: silent OOM
+    kills). Printed once, by the first process; the run goes on, since the plan is an estimate."""
+    import os
+
+    if os.environ.get("RANK", "0") != "0" or os.environ.get("TUNEFORGE_PLAN_CHECK", "1") == "0":
+        return
+    from tuneforge.plan import warn_if_too_big
+
+    message = warn_if_too_big(cfg)
+    if message:
+        print(message, file=sys.stderr, flush=True)
 
 
 def _train_command(recipe: Path, overrides, resume: bool, overwrite: bool, export: bool):
     def body():
-        from tuneforge.stages import is_stages_file
+        from tuneforge.config_io import read_yaml
 
-        if Path(recipe).exists() and is_stages_file(recipe):
+        parsed = read_yaml(recipe)  # once: the kind of recipe and the recipe itself
+        if "stages" in parsed:
             if not export:
                 from tuneforge.errors import TuneforgeError
 
                 raise TuneforgeError("a stages recipe runs with `tuneforge run` (each stage exports the model the "
                                      "next one starts from)")
-            return _stages_command(recipe, overrides, resume, overwrite)
-        cfg = _load(recipe, overrides)
+            return _stages_command(recipe, overrides, resume, overwrite, parsed)
+        cfg = _load(recipe, overrides, parsed)
         _require_data(cfg, recipe)
+        _warn_if_too_big(cfg)
         if not export:
             cfg = cfg.model_copy(update={"export": cfg.export.model_copy(update={"enabled": False})})
         from tuneforge.train.run import train
@@ -178,16 +195,14 @@ def prepare(recipe: Path = typer.Argument(..., help="Recipe YAML file."), overri
                                         "(chat rows: the trained span marked), after preparing.")):
     """Run the data stage only: read, clean, deduplicate, split, decontaminate, augment, report."""
     def body():
-        from tuneforge.data.pipeline import prepare_dataset
+        from tuneforge.data.prepare import prepare_task_data
+        from tuneforge.tasks import spec_for
 
         cfg = _load(recipe, overrides)
         _require_data(cfg, recipe)
         out = cfg.run_dir / "data"
         with _row_counter("preparing data") as tick:
-            from tuneforge.tasks import spec_for
-
-            prepared = prepare_dataset(cfg.data, seed=cfg.seed, out_dir=out, labels=spec_for(cfg).labels,
-                                       progress=tick)
+            prepared = prepare_task_data(cfg.data, cfg.seed, out, spec_for(cfg), progress=tick)
         _print_data_summary(prepared, out)
         if preview:
             from tuneforge.data.preview_command import print_preview
@@ -232,22 +247,29 @@ def _print_data_summary(prepared, out: Path) -> None:
 
 
 @app.command()
-def evaluate(model_dir: Path = typer.Argument(..., help="An exported model directory."),
-             data_file: Path = typer.Argument(..., help="Labelled data: .csv/.tsv/.jsonl/.json/.parquet."),
+def evaluate(model_dir: Path = typer.Argument(..., help="An exported model directory (any task, any method)."),
+             data_file: Path = typer.Argument(..., help="Labelled data in any format the task's data supports: "
+                                              ".csv/.tsv/.jsonl/.json/.parquet, CoNLL/IOB, SQuAD .json, chat "
+                                              "(alpaca/sharegpt/messages), source/target pairs."),
              overrides: Optional[List[str]] = OVERRIDES):
-    """Evaluate any exported classifier on a labelled file: eval.json, eval.md, confusion_matrix.png.
+    """Score an export on a labelled file with its task's metrics, as its run's final evaluation does:
+    eval.json, eval.md, plots (a classifier's confusion matrix), rejected.jsonl.
 
-    Options as overrides: text_column, label_column, batch_size, max_length, output_dir, allow_pickle.
+    Options as overrides: text_column, label_column, target_column, tags_column, target_file, format,
+    batch_size, max_length, max_rejected_fraction, output_dir, allow_pickle, device.
     """
     def body():
-        from tuneforge.evaluate.command import EvaluateConfig, run_evaluate
+        from tuneforge.evaluate.command import EvaluateConfig, describe_rejected, run_evaluate
         from tuneforge.config_io import load_config
 
         cfg = load_config(EvaluateConfig, None, overrides, base={"model_dir": str(model_dir),
                                                                   "data_file": str(data_file)})
-        metrics, out = run_evaluate(cfg)
-        print(f"accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f} on "
-              f"{metrics['num_examples']} examples; report: {out / 'eval.md'}")
+        result = run_evaluate(cfg)
+        rejected = describe_rejected(result)
+        if rejected:
+            print(rejected)
+        print(f"{result.summary} on {result.examples} examples of {cfg.data_file} (model {cfg.model_dir}, "
+              f"{result.task}); report: {result.report}")
     _guard(body)
 
 
@@ -481,7 +503,8 @@ def tokenizer_train(
 ):
     """Train a bpe, wordpiece, unigram or char tokenizer on a corpus and save it for transformers."""
     def body():
-        from tuneforge.models.tokenizer_train import INFO_FILE, config_from_options, corpus_texts, train_tokenizer
+        from tuneforge.data.corpus import corpus_texts
+        from tuneforge.models.tokenizer_train import INFO_FILE, config_from_options, train_tokenizer
 
         cfg = config_from_options(type=type_, vocab_size=vocab_size, min_frequency=min_frequency,
                                   special_tokens=special_token or None, lowercase=lowercase,

@@ -92,9 +92,13 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def load_config(model: type[BaseModel], path: str | Path | None, overrides: list[str] | None = None,
-                base: dict | None = None):
-    """Validate ``base`` (or the YAML at ``path``) with overrides applied; raise RecipeError listing every problem."""
-    data = dict(base or {}) if path is None else read_yaml(path)
+                base: dict | None = None, *, parsed: dict | None = None):
+    """Validate ``base`` (or the YAML at ``path``) with overrides applied; raise RecipeError listing every problem.
+    ``parsed``: the YAML at ``path`` as the caller already read it (``read_yaml``): a command parses once."""
+    if parsed is not None:
+        data = dict(parsed)
+    else:
+        data = dict(base or {}) if path is None else read_yaml(path)
     data = apply_overrides(data, list(overrides or []))
     where = str(path) if path is not None else model.__name__
     try:
@@ -114,16 +118,16 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> dict | None:
         field = current.model_fields.get(str(part))
         if field is None:
             return None
-        current = _section_type(field.annotation)
+        current = section_type(field.annotation)
     return current.model_fields if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
-def _section_type(annotation: Any) -> Any:
+def section_type(annotation: Any) -> Any:
     """The BaseModel inside ``X``, ``X | None`` or ``Union[Literal..., X]``, else the annotation itself."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in typing.get_args(annotation):
-        found = _section_type(arg)
+        found = section_type(arg)
         if isinstance(found, type) and issubclass(found, BaseModel):
             return found
     return annotation

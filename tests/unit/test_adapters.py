@@ -18,10 +18,9 @@ from tuneforge.models.adapters import (  # noqa: E402
     adapter_sites,
     adapter_state_dict,
     insert_adapters,
-    load_adapter_export,
-    save_adapter_export,
 )
-from tuneforge.models.methods import AdapterConfig, apply_method  # noqa: E402
+from tuneforge.models.methods import AdapterConfig, apply_method, load_adapter_export, save_adapter_export  # noqa: E402
+from tuneforge.tasks import get_task  # noqa: E402
 
 HOULSBY = AdapterConfig(kind="houlsby")
 PFEIFFER = AdapterConfig(kind="pfeiffer")
@@ -107,16 +106,16 @@ def test_adapters_on_a_bfloat16_base_train_in_float32():
 
 
 def test_adapter_method_trains_adapters_and_head_only():
-    model = apply_method(bert(), "adapter", HOULSBY, task_type="classification")
+    model = apply_method(bert(), "adapter", HOULSBY, task=get_task("classification"))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert {n for n in trainable if ADAPTER_ATTR not in n} == {"classifier.weight", "classifier.bias"}
     assert len([n for n in trainable if ADAPTER_ATTR in n]) == 4 * 4  # 4 sites x (down, up) x (weight, bias)
-    lm = apply_method(llama(), "adapter", PFEIFFER, task_type="causal_lm")
+    lm = apply_method(llama(), "adapter", PFEIFFER, task=get_task("causal_lm"))
     assert all(ADAPTER_ATTR in n for n, p in lm.named_parameters() if p.requires_grad)
 
 
 def test_down_projection_learns_once_up_is_non_zero():
-    model = apply_method(bert(), "adapter", PFEIFFER, task_type="classification").train()
+    model = apply_method(bert(), "adapter", PFEIFFER, task=get_task("classification")).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     adapter = model.bert.encoder.layer[0].output.dense.bottleneck_adapter
     down_before = adapter.down.weight.detach().clone()
@@ -156,7 +155,7 @@ def test_exported_base_is_a_plain_transformers_checkpoint(tmp_path):
     import transformers as t
     from safetensors import safe_open
 
-    model = apply_method(bert(), "adapter", PFEIFFER, task_type="classification")
+    model = apply_method(bert(), "adapter", PFEIFFER, task=get_task("classification"))
     with torch.no_grad():
         model.classifier.weight.add_(1.0)  # a "trained" head must be exported with the base
     save_adapter_export(model, tmp_path)
@@ -186,7 +185,7 @@ def test_unsupported_architecture_names_what_is_supported():
         decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64))
     with pytest.raises(TuneforgeError, match=r"BartForConditionalGeneration is not a supported architecture; "
                                              r".*BERT-style encoder .*Llama-style decoder .*Use lora instead"):
-        apply_method(bart, "adapter", task_type="seq2seq")
+        apply_method(bart, "adapter", task=get_task("seq2seq"))
     assert all(p.requires_grad for p in bart.parameters())  # refused before anything was frozen
 
 

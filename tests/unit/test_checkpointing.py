@@ -4,6 +4,8 @@ checkpointed run halts and resumes exactly, and the settings a model or machine 
 
 from __future__ import annotations
 
+from tuneforge.tasks import get_task
+
 import json
 
 import pytest
@@ -36,7 +38,7 @@ def build(family: str, method: str, dropout: float = 0.0):
         model = t.LlamaForCausalLM(t.LlamaConfig(**LLAMA, attention_dropout=dropout))
         task = "causal_lm"
     if method == "lora":
-        model = apply_method(model, "lora", LoraConfig(r=4, dropout=0.0), task_type=task)
+        model = apply_method(model, "lora", LoraConfig(r=4, dropout=0.0), task=get_task(task))
     return model
 
 

@@ -109,12 +109,15 @@ def test_directory_with_only_pickle_weights(tmp_path, make_recipe):
     assert "pytorch_model.bin" in result.output and "allow_pickle: true" in result.output
 
 
-def test_run_then_evaluate_and_export_commands(tmp_path, make_recipe, toy_data):
+def test_run_then_evaluate_and_export_commands(tmp_path, make_recipe, toy_data, monkeypatch):
     import json
 
+    monkeypatch.setenv("TUNEFORGE_PLAN_MEMORY", "1MB")  # the plan says it does not fit: warned, and the run goes on
     path = recipe_file(tmp_path, make_recipe("method=lora", "train.learning_rate=1e-2", "export.enabled=true"))
     result = invoke("run", path)
     assert result.exit_code == 0, result.output
+    assert "warning: the plan puts this run's peak memory at" in result.output
+    assert "more than the 1.00 MB available" in result.output, result.output
     run_dir = tmp_path / "runs" / "tiny"
     trained = json.loads((run_dir / "eval" / "eval.json").read_text())
     result = invoke("evaluate", run_dir / "export", toy_data[1], f"output_dir={tmp_path / 'ev'}")

@@ -4,6 +4,8 @@ tiny random models: what gets adapted, the scaling, that PiSSA/OLoRA exports sti
 
 from __future__ import annotations
 
+from tuneforge.tasks import get_task
+
 import copy
 import math
 
@@ -39,7 +41,7 @@ def build(task: str):
 
 
 def lora(task: str, **options):
-    return apply_method(build(task), "lora", LoraConfig(r=4, dropout=0.0, **options), task_type=task)
+    return apply_method(build(task), "lora", LoraConfig(r=4, dropout=0.0, **options), task=get_task(task))
 
 
 def batch(task: str) -> dict:
@@ -150,7 +152,7 @@ def test_pissa_rebuilds_the_same_residual_whatever_the_rng():
     def pissa_after(seed):
         model = build("classification")
         torch.manual_seed(seed)
-        model = apply_method(model, "lora", LoraConfig(r=4, init="pissa"), task_type="classification")
+        model = apply_method(model, "lora", LoraConfig(r=4, init="pissa"), task=get_task("classification"))
         return base_weight(model), torch.random.get_rng_state()
 
     first, rng_after = pissa_after(1)

@@ -1,4 +1,4 @@
-"""The chunked vocabulary loss (tuneforge.train.losses) against the full-logits computation it replaces:
+"""The chunked vocabulary loss (tuneforge.tasks.losses) against the full-logits computation it replaces:
 the same summed loss and the same gradients (fp32, 1e-5) for every vocabulary-wide label kind (causal with
 masked prompts and padding, masked LM, seq2seq on EncoderDecoderModel, T5 and BART), with and without LoRA
 (lm_head included), the full-logits fallback for prompt-learning methods and post-head transformations,
@@ -15,7 +15,8 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 from tuneforge.errors import TuneforgeError  # noqa: E402
-from tuneforge.train.losses import VocabOutput, forward_loss_sum, loss_chunk_rows, unwrap  # noqa: E402
+from tuneforge.tasks.losses import VocabOutput, forward_loss_sum, loss_chunk_rows, unwrap  # noqa: E402
+from tuneforge.tasks import get_task  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -161,7 +162,7 @@ def test_packed_sequences_without_attention_mask():
 def lora(model, targets: list[str], task: str):
     from tuneforge.models.methods import LoraConfig, apply_method
 
-    peft_model = apply_method(model, "lora", LoraConfig(r=4, dropout=0.0, target_modules=targets), task_type=task)
+    peft_model = apply_method(model, "lora", LoraConfig(r=4, dropout=0.0, target_modules=targets), task=get_task(task))
     with torch.no_grad():  # B starts at zero: make every adapter change the outputs, so its gradients are real
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
@@ -192,7 +193,7 @@ def test_prompt_learning_methods_fall_back_to_full_logits(method):
     from tuneforge.models.methods import PrefixTuningConfig, PromptTuningConfig, apply_method
 
     cfg = PrefixTuningConfig(num_virtual_tokens=4) if method == "prefix" else PromptTuningConfig(num_virtual_tokens=4)
-    model = apply_method(build("llama"), method, cfg, task_type="causal_lm")
+    model = apply_method(build("llama"), method, cfg, task=get_task("causal_lm"))
     assert_same_loss_and_grads(model, "causal", chunked=False, chunk_rows=5)
 
 
@@ -283,7 +284,7 @@ def test_predict_keeps_the_top_logit_per_position(name, kind, method):
     if method == "prompt":
         from tuneforge.models.methods import PromptTuningConfig, apply_method
 
-        model = apply_method(model, "prompt", PromptTuningConfig(num_virtual_tokens=4), task_type="causal_lm")
+        model = apply_method(model, "prompt", PromptTuningConfig(num_virtual_tokens=4), task=get_task("causal_lm"))
     model.eval()
     enc = encoded(kind)
     preds = predict(model, enc, batch_size=3, pad_id=0)
@@ -337,7 +338,7 @@ CPU_OOM = ("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not e
 
 @pytest.mark.parametrize("message", [CPU_OOM, "CUDA out of memory. Tried to allocate 2.00 GiB"])
 def test_an_out_of_memory_batch_is_halved_and_retried(monkeypatch, message, capsys):
-    import tuneforge.train.losses as losses
+    import tuneforge.tasks.losses as losses
     from tuneforge.data.batching import Encoded
     from tuneforge.evaluate.predict import predict
 
@@ -351,7 +352,7 @@ def test_an_out_of_memory_batch_is_halved_and_retried(monkeypatch, message, caps
 
 
 def test_out_of_memory_at_one_example_names_the_settings(monkeypatch):
-    import tuneforge.train.losses as losses
+    import tuneforge.tasks.losses as losses
     from tuneforge.data.batching import Encoded
     from tuneforge.evaluate.predict import predict
 
@@ -362,7 +363,7 @@ def test_out_of_memory_at_one_example_names_the_settings(monkeypatch):
 
 
 def test_other_errors_are_not_taken_for_out_of_memory(monkeypatch):
-    import tuneforge.train.losses as losses
+    import tuneforge.tasks.losses as losses
     from tuneforge.data.batching import Encoded
     from tuneforge.evaluate.predict import predict
 
@@ -397,7 +398,7 @@ def test_a_model_that_keeps_full_logits_is_estimated_per_token():
 
     enc = encoded("causal")
     chunked, _ = eval_memory_estimate(build("llama"), enc)
-    prompt = apply_method(build("llama"), "prompt", PromptTuningConfig(num_virtual_tokens=4), task_type="causal_lm")
+    prompt = apply_method(build("llama"), "prompt", PromptTuningConfig(num_virtual_tokens=4), task=get_task("causal_lm"))
     full, fixed = eval_memory_estimate(prompt, enc)
     assert fixed == 0 and full - chunked == 12 * VOCAB * max(enc.lengths)
 
@@ -431,7 +432,7 @@ def test_the_split_is_verified_under_accelerates_bf16_autocast():
     from accelerate import Accelerator
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tuneforge.train import losses
+    from tuneforge.tasks import losses
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -15,10 +15,12 @@ import warnings
 
 import pytest
 
+from tuneforge.tasks import get_task
+
 torch = pytest.importorskip("torch")
 
 from tuneforge.errors import TuneforgeError  # noqa: E402
-from tuneforge.models.build import count_parameters, load_trainable_state_dict, trainable_state_dict  # noqa: E402
+from tuneforge.models.params import count_parameters, load_trainable_state_dict, trainable_state_dict  # noqa: E402
 from tuneforge.models.methods import (  # noqa: E402
     EXPORT_MANIFEST,
     METHODS,
@@ -90,7 +92,7 @@ def batch(task: str) -> dict:
 
 
 def prepared(method: str, task: str):
-    return apply_method(build(task), method, copy.deepcopy(CONFIGS.get(method)), task_type=task)
+    return apply_method(build(task), method, copy.deepcopy(CONFIGS.get(method)), task=get_task(task))
 
 
 @functools.cache
@@ -184,13 +186,13 @@ def test_head_found_generically_beyond_peft_default_names():
 
     torch.manual_seed(0)
     bart = t.BartForSequenceClassification(t.BartConfig(**BART, num_labels=LABELS))
-    lora = apply_method(bart, "lora", task_type="classification")
+    lora = apply_method(bart, "lora", task=get_task("classification"))
     trainable = {n for n, p in lora.named_parameters() if p.requires_grad}
     assert {"base_model.model.classification_head.modules_to_save.default.dense.weight",
             "base_model.model.classification_head.modules_to_save.default.out_proj.weight"} <= trainable
     distilbert = t.DistilBertForSequenceClassification(t.DistilBertConfig(
         vocab_size=VOCAB, dim=HIDDEN, n_layers=1, n_heads=2, hidden_dim=64, num_labels=2))
-    head_only = {n for n, p in apply_method(distilbert, "head_only", task_type="classification")
+    head_only = {n for n, p in apply_method(distilbert, "head_only", task=get_task("classification"))
                  .named_parameters() if p.requires_grad}
     assert head_only == {"pre_classifier.weight", "pre_classifier.bias", "classifier.weight", "classifier.bias"}
 
@@ -198,7 +200,7 @@ def test_head_found_generically_beyond_peft_default_names():
 def test_full_changes_nothing():
     model = build("classification")
     model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
-    assert apply_method(model, "full", task_type="classification") is model
+    assert apply_method(model, "full", task=get_task("classification")) is model
     assert not model.bert.embeddings.word_embeddings.weight.requires_grad
     assert model.classifier.weight.requires_grad
 
@@ -215,7 +217,7 @@ def test_default_lora_targets_are_attention_projections():
 
 def test_include_mlp_adds_feed_forward_layers():
     model = apply_method(build("classification"), "lora", LoraConfig(r=2, include_mlp=True),
-                         task_type="classification")
+                         task=get_task("classification"))
     adapted = {n.split(".lora_A")[0].split(".layer.0.")[1] for n, _ in model.named_parameters()
                if ".lora_A" in n and ".layer.0." in n}
     assert {"intermediate.dense", "output.dense"} <= adapted
@@ -230,7 +232,7 @@ def test_dora_is_lora_with_use_dora():
     assert any("lora_magnitude_vector" in n for n in dora)
     assert not any("lora_magnitude_vector" in n for n in names(prepared("lora", "classification")))
     as_flag = apply_method(build("classification"), "lora", LoraConfig(r=4, use_dora=True),
-                           task_type="classification")
+                           task=get_task("classification"))
     assert names(as_flag) == dora
 
 
@@ -241,13 +243,13 @@ def test_prompt_init_from_text_uses_the_token_embeddings():
             return {"input_ids": [7, 9, 11]}
 
     cfg = PromptTuningConfig(num_virtual_tokens=5, init="text", init_text="classify this")
-    model = apply_method(build("classification"), "prompt", cfg, task_type="classification",
+    model = apply_method(build("classification"), "prompt", cfg, task=get_task("classification"),
                          tokenizer=StubTokenizer())
     prompt = model.prompt_encoder["default"].embedding.weight
     words = model.get_base_model().get_input_embeddings().weight
     assert torch.equal(prompt, words[[7, 9, 11, 7, 9]])
     with pytest.raises(TypeError, match="needs the tokenizer"):
-        apply_method(build("classification"), "prompt", cfg, task_type="classification")
+        apply_method(build("classification"), "prompt", cfg, task=get_task("classification"))
 
 
 # ----------------------------------------------------------------------------- save and reload
@@ -315,7 +317,7 @@ def test_load_export_without_manifest_is_a_clear_error(tmp_path):
 def test_prompt_tuning_refuses_position_sensitive_tasks(task):
     with pytest.raises(TuneforgeError, match=rf"method prompt cannot train task {task}: .*use prefix, lora or "
                                              "adapter instead"):
-        apply_method(build(task), "prompt", task_type=task)
+        apply_method(build(task), "prompt", task=get_task(task))
 
 
 def test_prefix_tuning_needs_past_key_values():
@@ -325,34 +327,33 @@ def test_prefix_tuning_needs_past_key_values():
                                                                      n_heads=2, hidden_dim=64))
     with pytest.raises(TuneforgeError, match="method prefix cannot train task classification with "
                                              "DistilBertForSequenceClassification: .*past key/values"):
-        apply_method(model, "prefix", task_type="classification")
+        apply_method(model, "prefix", task=get_task("classification"))
 
 
 def test_lora_targets_that_match_nothing_name_the_key():
     with pytest.raises(TuneforgeError, match=r"lora.target_modules: PEFT cannot apply lora .*print\(model\)"):
         apply_method(build("classification"), "lora", LoraConfig(target_modules=["no_such_layer"]),
-                     task_type="classification")
+                     task=get_task("classification"))
 
 
 def test_a_bare_body_has_no_head_to_train():
     import transformers as t
 
     with pytest.raises(TuneforgeError, match="BertModel has no task head .*AutoModelFor"):
-        apply_method(t.BertModel(t.BertConfig(**BERT)), "head_only", task_type="classification")
+        apply_method(t.BertModel(t.BertConfig(**BERT)), "head_only", task=get_task("classification"))
 
 
-@pytest.mark.parametrize(("method", "task", "message"), [
-    ("qlora", "classification", "method: 'qlora' is not one of full, head_only, lora"),
-    ("lora", "ranking", "task: 'ranking' is not one of classification, regression"),
-])
-def test_unknown_method_or_task(method, task, message):
-    with pytest.raises(TuneforgeError, match=message):
-        apply_method(build("classification"), method, task_type=task)
+def test_unknown_method_or_task():
+    with pytest.raises(TuneforgeError, match="method: 'qlora' is not one of full, head_only, lora"):
+        apply_method(build("classification"), "qlora", task=get_task("classification"))
+    # a task is a registered TaskSpec: an unknown name fails where it is looked up
+    with pytest.raises(ValueError, match="unknown task 'ranking'; registered: classification, regression"):
+        get_task("ranking")
 
 
 def test_config_of_the_wrong_method_is_a_bug_not_a_user_error():
     with pytest.raises(TypeError, match="method lora needs a LoraConfig, got IA3Config"):
-        apply_method(build("classification"), "lora", IA3Config(), task_type="classification")
+        apply_method(build("classification"), "lora", IA3Config(), task=get_task("classification"))
 
 
 @pytest.mark.parametrize(("cls", "values", "message"), [
@@ -387,7 +388,7 @@ def test_prefix_tuned_generate_uses_the_prefix_like_forward_does():
         plain = base.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
                               min_new_tokens=12)[0, 3:].tolist()
     torch.manual_seed(1)
-    tuned = apply_method(base, "prefix", PrefixTuningConfig(num_virtual_tokens=4), task_type="causal_lm").eval()
+    tuned = apply_method(base, "prefix", PrefixTuningConfig(num_virtual_tokens=4), task=get_task("causal_lm")).eval()
     with torch.no_grad():
         for p in tuned.prompt_encoder.parameters():
             p.mul_(50)  # a prefix strong enough to change the greedy continuation
@@ -402,3 +403,40 @@ def test_prefix_tuned_generate_uses_the_prefix_like_forward_does():
                 greedy = torch.cat([greedy, logits[:, -1:].argmax(-1)], 1)
     assert generated == greedy[0, 3:].tolist()
     assert generated != plain
+
+
+# ------------------------------------------------------------------------------------- registry
+
+
+def test_every_recipe_method_is_registered_with_an_export_format():
+    from typing import get_args
+
+    from tuneforge.models.methods import EXPORT_FORMATS, METHOD_SECTIONS, REGISTRY, MethodName
+
+    assert tuple(REGISTRY) == METHODS == get_args(MethodName)
+    assert {m.export_kind for m in REGISTRY.values()} == set(EXPORT_FORMATS)
+    assert {name: m.export_kind for name, m in REGISTRY.items()} == EXPORT_KIND
+    assert METHOD_SECTIONS == {m.name: (m.section, m.config) for m in REGISTRY.values() if m.config is not None}
+
+
+def test_a_registered_method_is_applied_and_exported_through_the_registry(tmp_path):
+    from tuneforge.models.methods import REGISTRY, Method, register
+
+    calls = []
+
+    def apply(model, cfg, ctx):
+        calls.append((cfg, ctx.method, ctx.task.name))
+        return model
+
+    register(Method("test_noop", apply, "plain"))
+    try:
+        model = build("classification")
+        assert apply_method(model, "test_noop", task=get_task("classification")) is model
+        assert calls == [(None, "test_noop", "classification")]
+        assert merge_for_export(model, "test_noop") == (model, "plain")
+        with pytest.raises(ValueError, match="registered already"):
+            register(Method("test_noop", apply, "plain"))
+    finally:
+        del REGISTRY["test_noop"]
+    with pytest.raises(TuneforgeError, match="method: 'test_noop' is not one of full, head_only, lora"):
+        apply_method(build("classification"), "test_noop", task=get_task("classification"))

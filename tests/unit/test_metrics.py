@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from tuneforge.evaluate.metrics import METRIC_DIRECTIONS, classification_metrics, metric_is_better
+from tuneforge.tasks.metrics import METRIC_DIRECTIONS, classification_metrics, metric_is_better
 
 LABELS = ["neg", "neu", "pos"]
 # Hand-worked example. Confusion matrix (rows = true, cols = predicted):
@@ -83,14 +83,15 @@ def test_invalid_input_raises(y_true, y_pred, names, match):
 
 
 def test_metric_directions():
-    from tuneforge.recipe import TASK_METRICS
+    from tuneforge.tasks import all_specs
+    from tuneforge.tasks.multilabel import SPEC as MULTI_LABEL
 
     assert {"accuracy": "max", "macro_f1": "max", "loss": "min", "mse": "min", "entity_f1": "max"}.items() <= \
         METRIC_DIRECTIONS.items()
     # every metric a recipe may select on has a direction, and the same one in both tables
-    for task, metrics in TASK_METRICS.items():
-        for name, direction in metrics.items():
-            assert METRIC_DIRECTIONS[name] == direction, (task, name)
+    for spec in [*all_specs(), MULTI_LABEL]:
+        for name, direction in spec.selectable.items():
+            assert METRIC_DIRECTIONS[name] == direction, (spec.name, name)
 
 
 @pytest.mark.parametrize("name", ["accuracy", "macro_f1", "macro_precision", "macro_recall"])

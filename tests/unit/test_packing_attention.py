@@ -13,7 +13,7 @@ import pytest
 from tuneforge.data.batching import Encoded, collate
 from tuneforge.data.formatting import FormattedExample
 from tuneforge.data.packing import pack_examples
-from tuneforge.train.losses import forward_loss_sum
+from tuneforge.tasks.losses import forward_loss_sum
 
 DOCS = [  # (input ids, labels): prompt tokens masked with -100, as chat formatting does
     ([1, 5, 6, 7, 8, 9], [-100, -100, -100, 7, 8, 9]),

@@ -173,7 +173,7 @@ def test_layer_activation_formula_matches_saved_tensors(family, precision, atten
         config, model, task = _tiny(family, layers, attention, dropout)
         model.set_attn_implementation(attention)
         if method == "lora":
-            model = apply_method(model, "lora", r.lora, task_type=task)
+            model = apply_method(model, "lora", r.lora, task=get_task(task))
         model.train()
         measured.append(_saved_per_token(model, 32, precision))
     arch = arch_from_config(config, attention)

@@ -5,6 +5,8 @@ that learns, resumes exactly and exports merged fp32 weights that predict like t
 
 from __future__ import annotations
 
+from tuneforge.tasks import get_task
+
 import json
 import types
 
@@ -253,7 +255,7 @@ def test_gpt2_conv1d_layers_export_as_conv1d(tmp_path):
                                                   quantization_config=t.BitsAndBytesConfig(
                                                       load_in_4bit=True, llm_int8_skip_modules=["lm_head"]))
     prepare_quantized(quantized)
-    model = apply_method(quantized, "lora", LoraConfig(r=4, dropout=0.0), task_type="causal_lm").eval()
+    model = apply_method(quantized, "lora", LoraConfig(r=4, dropout=0.0), task=get_task("causal_lm")).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:

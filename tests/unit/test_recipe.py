@@ -23,14 +23,15 @@ def test_recipes_exist():
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(REPO)))
 def test_every_shipped_recipe_validates(path):
-    from tuneforge.stages import is_stages_file, load_stages, plan
+    from tuneforge.config_io import read_yaml
+    from tuneforge.stages import load_stages, plan
     from tuneforge.tune import has_search
     from tuneforge.tune.run import load_tune
 
     if has_search(path):  # a study: the base recipe and the whole search space (every extreme value) validate
         recipes = [load_tune(path).recipe]
     else:
-        recipes = [r.recipe for r in plan(load_stages(path))] if is_stages_file(path) else [load_recipe(path)]
+        recipes = [r.recipe for r in plan(load_stages(path))] if "stages" in read_yaml(path) else [load_recipe(path)]
     for recipe in recipes:
         _check_shipped_files(path, recipe)
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tuneforge.evaluate.metrics import classification_metrics
+from tuneforge.tasks.metrics import classification_metrics
 from tuneforge.evaluate.plots import plot_confusion_matrix, plot_loss_curves
 from tuneforge.evaluate.report import write_eval_report
 

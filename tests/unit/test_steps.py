@@ -7,8 +7,27 @@ import torch
 
 from tuneforge.errors import TrainingDiverged
 from tuneforge.train.optim import build_optimizer, lr_factor, parameter_groups
-from tuneforge.train.steps import (Throughput, accumulation_windows, check_finite, classification_loss_sum,
-                                   step_loss_scale)
+from tuneforge.tasks.losses import forward_loss_sum
+from tuneforge.train.steps import Throughput, accumulation_windows, check_finite, step_loss_scale
+
+
+class Head(torch.nn.Module):
+    """A linear classifier with a transformers-like output, so the tests run the loss the loop runs."""
+
+    def __init__(self, n_in: int, n_out: int, dtype=torch.float32):
+        super().__init__()
+        self.linear = torch.nn.Linear(n_in, n_out, dtype=dtype)
+
+    def forward(self, input_ids):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.linear(input_ids))
+
+
+def classification_loss_sum(model, xs, ys):
+    """The loop's loss for label kind "class" (``tasks.losses.forward_loss_sum``): summed, fp32."""
+    loss, _ = forward_loss_sum(model, {"input_ids": xs, "labels": ys}, "class")
+    return loss
 
 
 def grads_for(model, xs, ys, windows):
@@ -17,13 +36,13 @@ def grads_for(model, xs, ys, windows):
     total = sum(len(w) for w in windows)
     scale = step_loss_scale(total, world_size=1)
     for idx in windows:
-        (classification_loss_sum(model(xs[idx]), ys[idx]) * scale).backward()
+        (classification_loss_sum(model, xs[idx], ys[idx]) * scale).backward()
     return [p.grad.clone() for p in model.parameters()]
 
 
 def test_accumulation_equals_one_big_batch_even_with_uneven_micro_batches():
     torch.manual_seed(0)
-    model = torch.nn.Linear(5, 3)
+    model = Head(5, 3)
     xs, ys = torch.randn(11, 5), torch.randint(0, 3, (11,))
     full = grads_for(model, xs, ys, [list(range(11))])
     split = grads_for(model, xs, ys, [list(range(8)), list(range(8, 11))])  # 8 + 3: uneven on purpose
@@ -32,8 +51,8 @@ def test_accumulation_equals_one_big_batch_even_with_uneven_micro_batches():
     # the usual shortcut (mean per micro-batch, divided by the number of micro-batches) is wrong here
     model.zero_grad()
     for idx in [list(range(8)), list(range(8, 11))]:
-        (torch.nn.functional.cross_entropy(model(xs[idx]), ys[idx]) / 2).backward()
-    assert not torch.allclose(full[0], model.weight.grad)
+        (torch.nn.functional.cross_entropy(model(xs[idx]).logits, ys[idx]) / 2).backward()
+    assert not torch.allclose(full[0], model.linear.weight.grad)
 
 
 def test_two_processes_share_of_the_mean():
@@ -49,8 +68,10 @@ def test_accumulation_windows():
 
 
 def test_loss_is_fp32_even_for_bf16_logits():
-    logits = torch.randn(4, 2).to(torch.bfloat16)
-    assert classification_loss_sum(logits, torch.tensor([0, 1, 1, 0])).dtype == torch.float32
+    model = Head(3, 2, dtype=torch.bfloat16)
+    xs = torch.randn(4, 3).to(torch.bfloat16)
+    assert model(xs).logits.dtype == torch.bfloat16
+    assert classification_loss_sum(model, xs, torch.tensor([0, 1, 1, 0])).dtype == torch.float32
 
 
 def test_nan_guard_message():
@@ -103,13 +124,13 @@ def test_no_weight_decay_on_bias_and_norm():
                                       ("adafactor", torch.optim.Adafactor)])
 def test_each_optimizer_reduces_loss(name, cls):
     torch.manual_seed(0)
-    model = torch.nn.Linear(4, 2)
+    model = Head(4, 2)
     xs, ys = torch.randn(32, 4), torch.randint(0, 2, (32,))
     opt = build_optimizer(model, _Cfg(name))
     assert isinstance(opt, cls)
     first = None
     for _ in range(30):
-        loss = classification_loss_sum(model(xs), ys) / 32
+        loss = classification_loss_sum(model, xs, ys) / 32
         first = first if first is not None else loss.item()
         opt.zero_grad()
         loss.backward()

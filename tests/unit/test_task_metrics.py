@@ -10,8 +10,8 @@ import warnings
 import numpy as np
 import pytest
 
-from tuneforge.evaluate.metrics import METRIC_DIRECTIONS
-from tuneforge.evaluate.task_metrics import (
+from tuneforge.tasks.metrics import METRIC_DIRECTIONS
+from tuneforge.tasks.metrics.task_metrics import (
     METRIC_NAMES,
     extract_final_number,
     final_number_accuracy,
@@ -52,7 +52,7 @@ def test_functions_return_exactly_their_listed_flat_metrics():
 
 def test_importing_the_metrics_loads_no_heavy_library():
     code = (
-        "import sys, tuneforge.evaluate.task_metrics\n"
+        "import sys, tuneforge.tasks.metrics.task_metrics\n"
         "heavy = ['torch', 'scipy', 'seqeval', 'sacrebleu', 'rouge_score', 'sklearn']\n"
         "print(sorted(m for m in heavy if m in sys.modules))"
     )

@@ -113,13 +113,13 @@ def test_with_eos_appends_only_when_the_tokenizer_did_not():
 
 
 def test_recipe_section_defaults_and_metric_choices(tmp_path):
-    from tuneforge.recipe import TASK_METRICS
+    from tuneforge.tasks import get_task
 
     recipe = _recipe(tmp_path, "s.txt", "t.txt", tmp_path, "seq2seq={}")
     assert recipe.train.metric_for_best == "bleu"
     assert recipe.seq2seq.source_prefix == "" and recipe.seq2seq.eval_generation_examples is None
     assert recipe.seq2seq.generation.do_sample is False
-    assert list(TASK_METRICS["seq2seq"]) == ["bleu", "chrf", "rougeL", "rouge1", "rouge2", "loss"]
+    assert list(get_task("seq2seq").selectable) == ["bleu", "chrf", "rougeL", "rouge1", "rouge2", "loss"]
 
 
 @pytest.mark.parametrize("override, message", [

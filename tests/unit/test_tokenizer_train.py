@@ -11,12 +11,12 @@ import pytest
 from typer.testing import CliRunner
 
 from tuneforge.cli import app
+from tuneforge.data.corpus import corpus_texts
 from tuneforge.errors import DataError, TuneforgeError
 from tuneforge.models.tokenizer_train import (
     INFO_FILE,
     TokenizerTrainConfig,
     config_from_options,
-    corpus_texts,
     special_token_roles,
     train_tokenizer,
 )

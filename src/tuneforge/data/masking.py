@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tuneforge.errors import DataError
+
 IGNORE = -100
 
 
@@ -50,6 +52,21 @@ class MaskingSpec:
         """How many positions of ``ids`` are predicted: the loss weight of the example."""
         maskable = sum(1 for t in ids if t not in self.special_ids)
         return max(1, round(self.probability * maskable)) if maskable else 0
+
+
+def masking_spec(tokenizer, recipe) -> MaskingSpec:
+    """The masking of a masked-LM run: ``tokenizer``'s mask token and special tokens, the recipe's
+    ``masked_lm`` settings and ``seed``. Raises ``DataError`` when the tokenizer has no mask token."""
+    if tokenizer.mask_token_id is None:
+        raise DataError(f"task masked_lm needs a tokenizer with a mask token; {type(tokenizer).__name__} "
+                        f"({getattr(tokenizer, 'name_or_path', '')}) has none")
+    cfg = recipe.masked_lm
+    try:
+        return MaskingSpec(mask_id=tokenizer.mask_token_id, vocab_size=len(tokenizer),
+                           special_ids=frozenset(tokenizer.all_special_ids), probability=cfg.mask_probability,
+                           mask_share=cfg.mask_share, random_share=cfg.random_share, seed=recipe.seed)
+    except ValueError as exc:
+        raise DataError(f"masked_lm: {exc}") from None
 
 
 def mask_tokens(ids: Sequence[int], spec: MaskingSpec, index: int, epoch: int | None) -> tuple[list[int], list[int]]:

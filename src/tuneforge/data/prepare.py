@@ -33,9 +33,17 @@ class PreparedData:
     files: dict[str, int] = field(default_factory=dict)  # source -> rows read (kept + rejected)
     validation_source: str = ""
     out_dir: Path | None = None
+    report: dict = field(default_factory=dict)  # the pipeline's data report (empty when loaded from disk)
 
     def __len__(self) -> int:
         return len(self.records["train"])
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {split: len(self.records[split]) for split in SPLITS}
+
+    def rows(self, split: str) -> list[dict]:
+        return self.records[split]
 
     def summary(self) -> dict:
         out = {"label_names": self.label_names, "train_rows": len(self.records["train"]),
@@ -49,11 +57,13 @@ class PreparedData:
         return out
 
 
-def prepare_task_data(data_cfg, seed: int, out_dir: Path, spec) -> PreparedData:
-    """Run the data pipeline for task ``spec`` into ``out_dir`` and load the result (main process)."""
+def prepare_task_data(data_cfg, seed: int, out_dir: Path, spec, *, progress=None) -> PreparedData:
+    """The data stage's one entry (``tuneforge run``, ``tuneforge prepare``, the tuner): run the data
+    pipeline for task ``spec`` into ``out_dir`` and load the result (main process). ``progress(n)``:
+    called as rows are read."""
     from tuneforge.data.pipeline import prepare_dataset
 
-    prepared = prepare_dataset(data_cfg, seed=seed, out_dir=out_dir, labels=spec.labels)
+    prepared = prepare_dataset(data_cfg, seed=seed, out_dir=out_dir, labels=spec.labels, progress=progress)
     report = prepared.report
     files = {name: c["read"] for name, c in report["sources"].items()}
     given = data_cfg.validation_file
@@ -62,7 +72,21 @@ def prepare_task_data(data_cfg, seed: int, out_dir: Path, spec) -> PreparedData:
     meta = {"task": spec.name, "label_names": prepared.label_names, "rejected_rows": report["rejected"]["total"],
             "files": files, "validation_source": validation}
     atomic_write_json(Path(out_dir) / PREPARED_FILE, meta)
-    return load_prepared(out_dir)
+    loaded = load_prepared(out_dir)
+    loaded.report = report
+    return loaded
+
+
+def write_prepared(out_dir: Path, splits: dict[str, list[dict]], like: Path, validation_source: str) -> None:
+    """Prepared splits made from other prepared splits (the tuner's retraining on train + validation):
+    written like the pipeline writes them, with ``like``'s metadata, ``prepared.json`` last."""
+    meta = json.loads((Path(like) / PREPARED_FILE).read_text())
+    meta["validation_source"] = validation_source
+    out_dir = Path(out_dir)
+    for split in SPLITS:
+        (out_dir / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in splits.get(split, [])),
+                                                encoding="utf-8")
+    atomic_write_json(out_dir / PREPARED_FILE, meta)
 
 
 def load_prepared(out_dir: Path) -> PreparedData:
@@ -115,7 +139,7 @@ def encode_cached(tokenizer, data: PreparedData, split: str, recipe, spec, cache
     cols = {name: ds[name] for name in ds.column_names}
     masking = None
     if spec.label_kind == "mlm":  # masking happens per batch; only its settings travel with the tokens
-        from tuneforge.tasks.masked_lm import masking_spec
+        from tuneforge.data.masking import masking_spec
 
         masking = masking_spec(tokenizer, recipe)
     return Encoded(input_ids=[list(x) for x in cols.pop("input_ids")], labels=_plain(cols.pop("labels")),

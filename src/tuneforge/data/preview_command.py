@@ -11,13 +11,13 @@ from __future__ import annotations
 import sys
 
 from tuneforge.data.formatting import format_row
-from tuneforge.data.pipeline import PreparedDataset, row_from_output
+from tuneforge.data.pipeline import row_from_output
 from tuneforge.data.preview import render_preview
 from tuneforge.data.rejects import RejectedRow
 from tuneforge.data.templates import resolve_template
 
 
-def print_preview(recipe, prepared: PreparedDataset, n: int, *, color: bool | None = None) -> None:
+def print_preview(recipe, prepared, n: int, *, color: bool | None = None) -> None:
     from rich.console import Console
 
     from tuneforge.models.build import load_tokenizer, resolve_recipe_model

@@ -2,7 +2,7 @@
 
 Overlaying "before" and "after" on one axis shows at a glance what cleaning did: a length filter
 cuts a tail, a broken rule empties a class. matplotlib is imported lazily through the figure
-helpers of ``tuneforge.evaluate.plots`` (Agg canvas, no pyplot state), like every tuneforge plot.
+helpers of ``tuneforge.figures`` (Agg canvas, no pyplot state), like every tuneforge plot.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tuneforge.evaluate.plots import _new_figure, _save, _short
+from tuneforge.figures import new_figure, save_figure, short_label
 
 #: Lengths spanning this ratio (max / min) or more get a log x axis; linear bins would crush the
 #: bulk of short rows into one or two bars next to a long tail.
@@ -35,7 +35,7 @@ def plot_length_distribution(
 
     if not len(before["chars"]) and not len(after["chars"]):
         return None
-    fig = _new_figure(11.0, 4.2)
+    fig = new_figure(11.0, 4.2)
     axes = fig.subplots(1, 2)
     for ax, unit, title in zip(axes, ("chars", "words"), ("Characters per row", "Words per row")):
         b = np.asarray(before[unit], dtype=np.int64)
@@ -60,7 +60,7 @@ def plot_length_distribution(
         ax.grid(True, alpha=0.3)
         ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def length_bins(values) -> tuple[list[float], bool]:
@@ -85,7 +85,7 @@ def plot_label_distribution(before: Mapping[str, int], after: Mapping[str, int],
         top = set(sorted(labels, key=lambda x: -(before.get(x, 0) + after.get(x, 0)))[:MAX_LABELS])
         shown = [label for label in labels if label in top]
     n = len(shown)
-    fig = _new_figure(min(max(5.0, 0.55 * n + 2.5), 20.0), 4.5)
+    fig = new_figure(min(max(5.0, 0.55 * n + 2.5), 20.0), 4.5)
     ax = fig.add_subplot()
     positions = list(range(n))
     width = 0.4
@@ -96,7 +96,7 @@ def plot_label_distribution(before: Mapping[str, int], after: Mapping[str, int],
     if n <= 12:  # counts on the bars while they still fit
         for bars in (bars_before, bars_after):
             ax.bar_label(bars, fontsize=8)
-    ax.set_xticks(positions, labels=[_short(x) for x in shown])
+    ax.set_xticks(positions, labels=[short_label(x) for x in shown])
     ax.tick_params(axis="x", labelrotation=45 if n > 4 else 0)
     for tick in ax.get_xticklabels():
         tick.set_horizontalalignment("right" if n > 4 else "center")
@@ -108,4 +108,4 @@ def plot_label_distribution(before: Mapping[str, int], after: Mapping[str, int],
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(loc="best")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

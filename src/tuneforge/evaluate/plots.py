@@ -1,53 +1,18 @@
 """PNG plots: confusion matrix and training curves.
 
-matplotlib is imported inside the functions (it costs ~0.5 s and the CLI must start fast). We draw
-on ``matplotlib.figure.Figure`` with an Agg canvas instead of pyplot: no window can ever open, and
-no figure is left registered in pyplot's global state (which leaks memory in long runs).
+matplotlib is imported inside the functions (it costs ~0.5 s and the CLI must start fast), through the
+figure helpers of ``tuneforge.figures``: an Agg canvas on ``matplotlib.figure.Figure`` instead of pyplot,
+so no window can ever open and no figure is left registered in pyplot's global state.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-_DPI = 120
-# Long label names are shortened on the axes so they cannot squeeze the matrix itself.
-_MAX_TICK_LABEL_CHARS = 24
-
-
-def _new_figure(width: float, height: float):
-    """A Figure bound to the Agg canvas, independent of pyplot."""
-    import matplotlib
-
-    # Select Agg as asked for headless use, but only while pyplot is not loaded: switching the
-    # backend under an already-imported pyplot (a notebook, say) would close the user's figures.
-    # Our figures do not depend on the backend either way, since they get their own Agg canvas.
-    if "matplotlib.pyplot" not in sys.modules:
-        matplotlib.use("Agg")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=_DPI)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # bbox_inches="tight" on top of tight_layout: a safety net so long rotated labels never clip.
-    fig.savefig(path, dpi=_DPI, bbox_inches="tight", format="png")
-    return path
-
-
-def _short(label: str) -> str:
-    label = str(label)
-    if len(label) <= _MAX_TICK_LABEL_CHARS:
-        return label
-    return label[: _MAX_TICK_LABEL_CHARS - 1] + "…"
+from tuneforge.figures import new_figure, save_figure, short_label
 
 
 # --------------------------------------------------------------------------- confusion matrix
@@ -71,7 +36,7 @@ def plot_confusion_matrix(
 
     # Grow the canvas with the number of classes so cell text stays readable.
     side = min(max(4.5, 0.75 * n + 2.5), 30.0)
-    fig = _new_figure(side + 1.2, side)
+    fig = new_figure(side + 1.2, side)
     ax = fig.add_subplot()
     # Colour by row share, not raw count: with imbalanced classes raw counts would make every
     # small class look pale even when it is classified perfectly.
@@ -80,8 +45,8 @@ def plot_confusion_matrix(
     colorbar.set_label("share of true class")
 
     ticks = list(range(n))
-    ax.set_xticks(ticks, labels=[_short(x) for x in label_names])
-    ax.set_yticks(ticks, labels=[_short(x) for x in label_names])
+    ax.set_xticks(ticks, labels=[short_label(x) for x in label_names])
+    ax.set_yticks(ticks, labels=[short_label(x) for x in label_names])
     ax.tick_params(axis="x", labelrotation=45 if n > 3 else 0)
     for tick in ax.get_xticklabels():
         tick.set_horizontalalignment("right" if n > 3 else "center")
@@ -90,7 +55,7 @@ def plot_confusion_matrix(
     ax.set_title(title)
     _annotate_cells(ax, counts, row_share)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _row_normalised(counts):
@@ -140,14 +105,14 @@ def plot_loss_curves(metrics_jsonl: Path, path: Path) -> Path | None:
     }
 
     rows = 2 if "accuracy" in eval_scores else 1
-    fig = _new_figure(8.0, 4.0 * rows)
+    fig = new_figure(8.0, 4.0 * rows)
     axes = fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
     _draw_losses(axes[0], train_loss, eval_loss)
     if rows == 2:
         _draw_scores(axes[1], eval_scores)
     axes[-1].set_xlabel("Step")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _read_jsonl(path: Path) -> list[dict]:

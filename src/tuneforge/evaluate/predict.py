@@ -90,8 +90,8 @@ def predict(model, encoded: Encoded, *, batch_size: int | str, pad_id: int, devi
 
 def _predict_batch(model, encoded: Encoded, indices: list[int], pad_id: int, device, precision: str):
     """``(summed loss, per-example outputs)`` of one batch, or None when it ran out of memory."""
-    from tuneforge.train.losses import forward_loss_sum
-    from tuneforge.train.precision import autocast
+    from tuneforge.tasks.losses import forward_loss_sum
+    from tuneforge.models.precision import autocast
 
     try:
         batch = {k: v.to(device) for k, v in collate(encoded, indices, pad_id).items()}
@@ -162,7 +162,7 @@ def available_memory(device) -> int:
         import torch
 
         return torch.cuda.mem_get_info(device)[0]
-    from tuneforge.doctor import memory_bytes
+    from tuneforge.sysinfo import memory_bytes
 
     _, available = memory_bytes()
     free = [available] if available else []
@@ -192,8 +192,8 @@ def eval_memory_estimate(model, encoded: Encoded) -> tuple[int, int]:
     Per token, counted in fp32: layers x hidden (states a model may keep per layer, e.g. a key/value
     cache), a few hidden-wide temporaries, the feed-forward intermediate, and the attention scores of
     one layer (heads x length). Vocabulary-wide kinds add the chunked logits once per batch, or the
-    full logits per token where the model needs them (``tuneforge.train.losses.static_split``)."""
-    from tuneforge.train.losses import VOCAB_KINDS, loss_chunk_rows, static_split, unwrap
+    full logits per token where the model needs them (``tuneforge.tasks.losses.static_split``)."""
+    from tuneforge.tasks.losses import VOCAB_KINDS, loss_chunk_rows, static_split, unwrap
 
     dims = model_dims(model)
     length = max(encoded.lengths, default=1)

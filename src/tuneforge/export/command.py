@@ -37,16 +37,14 @@ class ExportConfig(Section):
 
 
 def run_export(cfg: ExportConfig) -> Path:
-    from tuneforge.atomic import staged_dir
     from tuneforge.data.prepare import encode_split, load_prepared
     from tuneforge.errors import TuneforgeError
     from tuneforge.evaluate.predict import predict
-    from tuneforge.export.card import write_model_card
-    from tuneforge.export.merge import verify_export, write_export
+    from tuneforge.export.stage import export_model
     from tuneforge.models.build import build_model, load_tokenizer, resolve_recipe_model
-    from tuneforge.recipe import load_recipe, recipe_to_yaml
+    from tuneforge.recipe import load_recipe
     from tuneforge.tasks import spec_for
-    from tuneforge.train.checkpoint import load_best
+    from tuneforge.models.best import load_best
 
     if not (cfg.run_dir / "recipe.yaml").exists():
         raise TuneforgeError(f"{cfg.run_dir} is not a run directory (no recipe.yaml)")
@@ -72,24 +70,13 @@ def run_export(cfg: ExportConfig) -> Path:
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else best.get("metrics", {})
     manifest_path = cfg.run_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"packages": {}}
-    # Everything is written into a staged folder that replaces `out` whole at the end (also when a check
-    # fails, with its report): a kill mid-export leaves the previous export intact.
-    with staged_dir(out, keep_on=(TuneforgeError,)) as stage:
-        how = write_export(model, recipe.method, tokenizer, stage)
-        verification = None
-        if cfg.verify:
-            verification = verify_export(stage, reference.outputs, val_enc, pad_id=tokenizer.pad_token_id,
-                                         auto_class=spec.auto_class, how=how, final_dir=out)
-        onnx_report = None
-        if cfg.format == "onnx":
-            onnx_report = _export_onnx(cfg, stage, how, recipe, spec, tokenizer, data, val_enc)
-        write_model_card(stage, recipe_yaml=recipe_to_yaml(recipe), recipe=recipe, data_summary=data.summary(),
-                         manifest=manifest, metrics=metrics, verification=verification, params=str(params),
-                         export_how=how, auto_class=spec.auto_class, onnx=onnx_report, name=out.name)
-        if onnx_report is not None:
-            from tuneforge.export.onnx import raise_if_failed
-
-            raise_if_failed(onnx_report, out / "onnx")  # after the card: a failed check leaves a complete folder
+    onnx = None
+    if cfg.format == "onnx":
+        def onnx(stage: Path, how: str) -> dict:
+            return _export_onnx(cfg, stage, how, recipe, spec, tokenizer, data, val_enc)
+    export_model(model, tokenizer, recipe, spec, out=out, reference_outputs=reference.outputs, encoded=val_enc,
+                 data_summary=data.summary(), manifest=manifest, metrics=metrics, params=params, verify=cfg.verify,
+                 onnx=onnx)
     return out
 
 

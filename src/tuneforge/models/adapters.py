@@ -23,23 +23,31 @@ the adapter weights are exactly the keys containing ``.bottleneck_adapter.``. Th
 module-level function that finds the adapter through the hooked module, so ``copy.deepcopy(model)``
 gives a copy whose hooks use the copy's adapters.
 
-This module imports torch; ``tuneforge.models.methods`` imports it only when the adapter method runs.
+The method itself (``AdapterConfig``, applying it, the export files ``save_adapter_export`` /
+``load_adapter_export``) is ``tuneforge.models.methods.adapter``, which imports this module (and with it
+torch) only when the adapter method runs; this module imports nothing of the methods.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from tuneforge.errors import TuneforgeError
-from tuneforge.models.methods import AdapterConfig
 
 ADAPTER_ATTR = "bottleneck_adapter"
 ADAPTER_WEIGHTS = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+
+
+class AdapterSettings(Protocol):
+    """What the adapters read of their config (``tuneforge.models.methods.AdapterConfig``)."""
+
+    kind: str
+    reduction_factor: int
+    non_linearity: str
 
 # (layer stack, attention output projection, feed-forward output projection), relative to base_model.
 _ARCHITECTURES = {
@@ -51,7 +59,7 @@ _ARCHITECTURES = {
 class BottleneckAdapter(nn.Module):
     """down-project, non-linearity, up-project; the caller adds the residual."""
 
-    def __init__(self, hidden_size: int, cfg: AdapterConfig) -> None:
+    def __init__(self, hidden_size: int, cfg: AdapterSettings) -> None:
         super().__init__()
         # Kept so an export can write the config back out; the weights alone do not say the kind.
         self.config = cfg
@@ -92,7 +100,7 @@ def adapter_sites(model, kind: str) -> list[str]:
     )
 
 
-def insert_adapters(model, cfg: AdapterConfig) -> list[str]:
+def insert_adapters(model, cfg: AdapterSettings) -> list[str]:
     """Add a fresh (identity) adapter after each site of ``cfg.kind``; returns the adapted layer names.
 
     Freezing the base is the caller's decision (``apply_method`` freezes everything but the task head
@@ -122,54 +130,3 @@ def adapter_state_dict(model) -> dict[str, torch.Tensor]:
     """The adapter weights only, under their names in ``model``."""
     marker = f".{ADAPTER_ATTR}."
     return {name: t.detach().cpu().clone() for name, t in model.state_dict().items() if marker in name}
-
-
-def save_adapter_export(model, out_dir: Path) -> Path:
-    """``base_model/`` (plain transformers, trained head included), adapter weights and their config."""
-    from safetensors.torch import save_file
-
-    out_dir = Path(out_dir)
-    marker = f".{ADAPTER_ATTR}."
-    base_state = {name: t for name, t in model.state_dict().items() if marker not in name}
-    model.save_pretrained(out_dir / "base_model", state_dict=base_state, safe_serialization=True)
-    adapters = adapter_state_dict(model)
-    save_file(adapters, str(out_dir / ADAPTER_WEIGHTS))
-    cfg = _config_of(model)
-    meta = {"config": cfg.model_dump(), "sites": adapter_sites(model, cfg.kind), "model_class": type(model).__name__}
-    (out_dir / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
-    return out_dir
-
-
-def _config_of(model) -> AdapterConfig:
-    adapter = next((m for m in model.modules() if isinstance(m, BottleneckAdapter)), None)
-    if adapter is None:
-        raise TuneforgeError(f"export: {type(model).__name__} has no bottleneck adapters to save")
-    return adapter.config
-
-
-def load_adapter_export(export_dir: Path):
-    """Rebuild the exported model: base model, fresh adapters at the recorded sites, trained adapter weights."""
-    from safetensors.torch import load_file
-
-    from tuneforge.models.methods import _transformers_class
-
-    export_dir = Path(export_dir)
-    meta_path = export_dir / ADAPTER_CONFIG
-    if not meta_path.exists():
-        raise TuneforgeError(f"{export_dir}: no {ADAPTER_CONFIG}; not a bottleneck-adapter export")
-    meta = json.loads(meta_path.read_text())
-    model = _transformers_class(meta["model_class"]).from_pretrained(export_dir / "base_model")
-    sites = insert_adapters(model, AdapterConfig(**meta["config"]))
-    if sites != meta["sites"]:
-        raise TuneforgeError(f"{meta_path}: the adapters were saved at {len(meta['sites'])} layers but the base "
-                             f"model offers {len(sites)}; base_model/ and the adapters do not belong together")
-    weights = load_file(str(export_dir / ADAPTER_WEIGHTS))
-    expected = set(adapter_state_dict(model))
-    if set(weights) != expected:
-        raise TuneforgeError(f"{export_dir / ADAPTER_WEIGHTS}: adapter weights do not match the adapter layout "
-                             f"(missing {sorted(expected - set(weights))[:3]}, "
-                             f"unexpected {sorted(set(weights) - expected)[:3]})")
-    model.load_state_dict(weights, strict=False)
-    for param in model.parameters():
-        param.requires_grad_(False)
-    return model.eval()

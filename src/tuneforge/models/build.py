@@ -6,27 +6,19 @@ import logging
 from dataclasses import dataclass
 
 from tuneforge.errors import TuneforgeError
+# ParamCount, count_parameters and the trainable state dicts live in params (the methods, quantisation and
+# the best checkpoint use them too); build keeps them under their old names.
+from tuneforge.models.params import (  # noqa: F401
+    ParamCount,
+    count_parameters,
+    load_trainable_state_dict,
+    trainable_state_dict,
+)
 from tuneforge.models.resolve import ResolvedModel, model_load_kwargs
 
 # Where the stack of transformer blocks lives in common architectures (BERT, RoBERTa, Llama, GPT-2,
 # DistilBERT); freezing "the first N layers" needs that list.
 _LAYER_PATHS = ("encoder.layer", "layers", "h", "transformer.layer", "block", "encoder.layers")
-
-
-@dataclass(frozen=True)
-class ParamCount:
-    trainable: int
-    total: int
-
-    def __str__(self) -> str:
-        share = 100.0 * self.trainable / max(self.total, 1)
-        return f"trainable parameters: {self.trainable:,} / {self.total:,} ({share:.2f}%)"
-
-
-def count_parameters(model) -> ParamCount:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return ParamCount(trainable, total)
 
 
 def resolve_recipe_model(model_section, *, require_weights: bool = True, run_dir=None) -> ResolvedModel:
@@ -194,26 +186,8 @@ def build_model(recipe, resolved: ResolvedModel, spec, label_names: list[str] | 
     else:
         section = METHOD_SECTIONS.get(recipe.method, (None,))[0]
         cfg = getattr(recipe, section) if section else None
-        model = apply_method(model, recipe.method, cfg, task_type=recipe.task, tokenizer=tokenizer)
+        model = apply_method(model, recipe.method, cfg, task=spec, tokenizer=tokenizer)
     return model, count_parameters(model)
-
-
-def trainable_state_dict(model) -> dict:
-    """Only the parameters training changes: enough to restore the best checkpoint, and for LoRA a few MB
-    instead of the whole model. Frozen weights are by definition identical to the loaded ones."""
-    return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
-
-
-def load_trainable_state_dict(model, state: dict) -> None:
-    params = dict(model.named_parameters())
-    missing = [name for name, p in params.items() if p.requires_grad and name not in state]
-    if missing:
-        raise RuntimeError(f"checkpoint lacks trainable parameters: {missing[:5]}")
-    import torch
-
-    with torch.no_grad():
-        for name, value in state.items():
-            params[name].copy_(value.to(params[name].device, params[name].dtype))
 
 
 # ------------------------------------------------------------- attention kernel and training-memory options
@@ -484,3 +458,30 @@ def _remove_hooks(module, functions) -> None:
         for key in [k for k, fn in hooks.items() if fn in functions]:
             del hooks[key]
             module._forward_hooks_always_called.pop(key, None)
+
+
+@dataclass
+class Built:
+    """What the models stage hands to training: the tokenizer, the model (method applied, memory levers
+    on), its parameter counts, where it came from and the attention kernel it runs."""
+
+    resolved: ResolvedModel
+    tokenizer: object
+    model: object
+    params: ParamCount
+    attention: AttentionChoice
+
+
+def build(recipe, spec, label_names: list[str] | None, *, run_dir, device_type: str, precision: str) -> Built:
+    """The models stage's one entry: resolve the recipe's model, pick the attention kernel, load the
+    tokenizer, build the task model with the recipe's method and switch on its training levers
+    (checkpointing, activation offload, NEFTune). A tokenizer the run trains itself must exist in
+    ``run_dir`` already (``train_run_tokenizer``)."""
+    resolved = resolve_recipe_model(recipe.model, run_dir=run_dir)
+    attention = choose_attention(recipe, resolved, spec, device_type=device_type, precision=precision)
+    tokenizer = load_tokenizer(resolved, recipe.model.trust_remote_code)
+    model, params = build_model(recipe, resolved, spec, label_names, tokenizer.pad_token_id, tokenizer,
+                                attn_implementation=attention.implementation)
+    attention = attention.built(model)
+    prepare_for_training(model, recipe.train)
+    return Built(resolved=resolved, tokenizer=tokenizer, model=model, params=params, attention=attention)

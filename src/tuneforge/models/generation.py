@@ -155,13 +155,13 @@ def _generate_encoded(model: Any, tokenizer: Any, encoded: list[list[int]], cfg:
     if window is not None and max(len(ids) for ids in encoded) + cfg.max_new_tokens > window:
         # More tokens than the model has positions (a small model pretrained on short blocks): slide a
         # window over the text, as nanoGPT's sampler does, one prompt at a time.
-        with _eval_mode(model), _seeded(model, cfg.seed if cfg.do_sample else None), torch.inference_mode():
+        with _eval_mode(model), seeded(model, cfg.seed if cfg.do_sample else None), torch.inference_mode():
             for i, ids in enumerate(encoded):
                 new = _windowed(model, ids, window, cfg, kwargs, tokenizer, device)
                 text = tokenizer.decode(new, skip_special_tokens=True)
                 outputs[i] = cut_at_stop(text, cfg.stop).strip()
         return [outputs[i] for i in range(len(encoded))]
-    with _eval_mode(model), _seeded(model, cfg.seed if cfg.do_sample else None), torch.inference_mode():
+    with _eval_mode(model), seeded(model, cfg.seed if cfg.do_sample else None), torch.inference_mode():
         for indices in _batches(encoded, cfg.batch_size, unpadded=not encoder_decoder and _ignores_positions(model)):
             batch = [encoded[i] for i in indices]
             # Decoder-only models continue from the last position, so pads go on the left;
@@ -301,7 +301,7 @@ def _eval_mode(model: Any) -> Iterator[None]:
 
 
 @contextmanager
-def _seeded(model: Any, seed: int | None) -> Iterator[None]:
+def seeded(model: Any, seed: int | None) -> Iterator[None]:
     """Seed torch inside a forked RNG (CPU and the model's GPUs); nothing happens for ``seed=None``."""
     if seed is None:
         yield

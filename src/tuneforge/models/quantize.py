@@ -211,7 +211,7 @@ def quantized_load_kwargs(recipe, resolved, spec, label_names) -> dict:
 def _compute_dtype(cfg: QuantizeConfig, recipe):
     import torch
 
-    from tuneforge.train.precision import resolve_precision
+    from tuneforge.models.precision import resolve_precision
 
     name = cfg.compute_dtype
     if name == "auto":
@@ -359,7 +359,7 @@ def dequantize_for_export(model):
     import peft
     import torch
 
-    from tuneforge.models.build import load_trainable_state_dict, trainable_state_dict
+    from tuneforge.models.params import load_trainable_state_dict, trainable_state_dict
 
     adapter = model.active_adapter
     peft_config = copy.deepcopy(model.peft_config[adapter])

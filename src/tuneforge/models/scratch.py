@@ -21,12 +21,8 @@ from pydantic import Field, model_validator
 from tuneforge.sections import Section
 
 Family = Literal["gpt2", "llama", "bert"]
-#: Which families can carry which objective (a masked LM needs bidirectional attention).
-FAMILY_TASKS: dict[str, tuple[str, ...]] = {
-    "gpt2": ("causal_lm", "classification", "regression", "token_classification"),
-    "llama": ("causal_lm", "classification", "regression", "token_classification"),
-    "bert": ("masked_lm", "classification", "regression", "token_classification", "extractive_qa"),
-}
+# Which families can carry which task is the task's to say (TaskSpec.scratch_families): a masked LM
+# needs bidirectional attention (bert), a causal LM causal attention (gpt2, llama).
 
 
 class ArchitectureConfig(Section):

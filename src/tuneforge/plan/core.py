@@ -59,7 +59,7 @@ CALIBRATION = {
     "cuda": Calibration(framework_bytes=0.6 * GIB, workspace_factor=1.0, mfu=0.40,
                         source="assumed: CUDA context ~0.6 GB, 40% MFU (not measured)"),
 }
-#: Whether the chunked vocabulary loss (``tuneforge.train.losses``) takes effect under bf16/fp16 autocast.
+#: Whether the chunked vocabulary loss (``tuneforge.tasks.losses``) takes effect under bf16/fp16 autocast.
 #: Until 2026-12-06 it did not (the loss's probe compared Accelerate's autocast logits with an fp32
 #: projection at fp32 tolerance and fell back to the full logits); the accuracy table in docs/plan.md was
 #: measured then, with this set to False. The probe now uses the half-precision tolerance under autocast.
@@ -157,7 +157,7 @@ def resolve_plan_precision(requested: str, device: Device) -> str:
         if requested == "auto":
             return "bf16"
         return requested
-    from tuneforge.train.precision import resolve_precision
+    from tuneforge.models.precision import resolve_precision
 
     return resolve_precision(requested, device.kind)
 
@@ -251,11 +251,11 @@ class Plan:
 
 
 def _loss_chunk_rows(recipe, vocab: int, precision: str) -> int | None:
-    """Rows per chunk of the chunked vocabulary loss (``tuneforge.train.losses``: ``loss_chunk_rows(vocab)``, or a
+    """Rows per chunk of the chunked vocabulary loss (``tuneforge.tasks.losses``: ``loss_chunk_rows(vocab)``, or a
     fixed ``LOSS_CHUNK_ROWS``), None when this version computes the whole logits. The chunks also apply when
     the model cannot be split at its output layer (prompt-learning methods): the model's full logits then
     exist as well, which the plan does not add."""
-    from tuneforge.train import losses
+    from tuneforge.tasks import losses
 
     if precision != "fp32" and not CHUNKED_LOSS_UNDER_AUTOCAST:
         return None
@@ -279,10 +279,10 @@ def _quantize(recipe) -> tuple[int | None, bool]:
 
 
 def _generation(recipe, seq: int) -> tuple[int, int, int] | None:
-    if recipe.task != "causal_lm" or recipe.causal_lm.eval_metric == "none":
-        return None
-    gen = recipe.causal_lm.generation
-    return gen.batch_size * gen.num_beams, seq, gen.max_new_tokens
+    from tuneforge.tasks import spec_for
+
+    batches = spec_for(recipe).final_generation(recipe)
+    return None if batches is None else (batches[0], seq, batches[1])
 
 
 def build_setup(recipe, *, precision: str, device: Device, processes: int, shard: str, label_kind: str,
@@ -340,7 +340,7 @@ def make_plan(recipe, *, device: str = "cpu", processes: int = 1, shard: str = "
     """Plan ``recipe`` on ``device`` (see the module docstring); ``memory`` (bytes) is the budget to fit in
     (default: the device's memory), ``data_dir`` the prepared data (default ``<run_dir>/data``)."""
     from tuneforge.tasks import spec_for
-    from tuneforge.train.run import schedule_steps
+    from tuneforge.train.fit import schedule_steps
 
     if processes < 1:
         raise TuneforgeError(f"--processes: must be at least 1 (got {processes})")

@@ -67,7 +67,7 @@ class Setup:
     double_quant: bool = False
     processes: int = 1
     shard: str = "none"  # none | zero2 | zero3 | fsdp
-    loss_chunk_rows: int | None = None  # tuneforge.train.losses.LOSS_CHUNK_ROWS, when the chunked loss exists
+    loss_chunk_rows: int | None = None  # tuneforge.tasks.losses.LOSS_CHUNK_ROWS, when the chunked loss exists
     steady_at_peak: bool = True  # most micro-batches are as long as the longest (packed or length-capped data)
     threads: int = 1  # CPU threads of the process (the per-element costs are per thread)
     eval_batch: int = 64

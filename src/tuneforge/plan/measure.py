@@ -27,11 +27,13 @@ WARMUP_STEPS = 1
 
 
 def measure(recipe, steps: int, *, workdir: Path | None = None, timeout: float | None = None,
-            threads: int | None = None) -> dict:
+            threads: int | None = None, prelude: str | None = None) -> dict:
     """Run ``steps`` training steps of ``recipe`` in a child process; returns the child's record:
     ``peak_bytes``, ``device``, ``steps`` (each ``seconds``, ``cpu_seconds`` and ``shapes``: ``[batch,
     length]`` per micro-batch), ``baseline_bytes`` (peak before the model was built: imports and data),
-    ``run_dir``. ``threads``: torch threads of the child (default: torch's default)."""
+    ``run_dir``. ``threads``: torch threads of the child (default: torch's default). ``prelude``: Python
+    source the child runs before training (benchmarks use it to measure a "before" state, e.g. the loss
+    on full logits: ``bench/causal_levers.py``)."""
     from tuneforge.errors import TuneforgeError
 
     if steps < WARMUP_STEPS + 1:
@@ -46,7 +48,8 @@ def measure(recipe, steps: int, *, workdir: Path | None = None, timeout: float |
     recipe_file, out_file = workdir / "recipe.pickle", workdir / "measured.json"
     recipe_file.write_bytes(pickle.dumps(run))
     out_file.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "tuneforge.plan.measure", str(recipe_file), str(out_file), str(threads or 0)]
+    cmd = [sys.executable, "-m", "tuneforge.plan.measure", str(recipe_file), str(out_file), str(threads or 0),
+           prelude or ""]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if done.returncode != 0 or not out_file.is_file():
@@ -75,10 +78,13 @@ def _vm(field: str) -> int:
     return 0
 
 
-def _child(recipe_file: str, out_file: str, threads: int) -> None:
+def _child(recipe_file: str, out_file: str, threads: int, prelude: str = "") -> None:
     import resource
 
     import torch
+
+    if prelude:
+        exec(compile(prelude, "<measure prelude>", "exec"), {})  # noqa: S102 - the caller's own benchmark code
 
     if threads:
         torch.set_num_threads(threads)
@@ -125,7 +131,7 @@ def _child(recipe_file: str, out_file: str, threads: int) -> None:
     else:
         record["notes"].append("loop._evaluate_and_checkpoint not found: evaluation ran")
     if hasattr(run, "_finish"):
-        run._finish = lambda *args, **kwargs: args[-2]  # (..., result, say) -> result
+        run._finish = lambda *args, **kwargs: args[-1]  # (..., result) -> result
     else:
         record["notes"].append("run._finish not found: the final evaluation ran")
     if cuda:
@@ -139,7 +145,8 @@ def _child(recipe_file: str, out_file: str, threads: int) -> None:
 
 
 if __name__ == "__main__":
-    _child(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 0)
+    _child(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 0,
+           sys.argv[4] if len(sys.argv) > 4 else "")
 
 
 # ----------------------------------------------------------------------------------- planned vs measured

@@ -287,7 +287,7 @@ def build_meta_model(recipe, config, spec, label_names: list[str] | None, attent
                 if recipe.method == "prompt" and method_cfg.init == "text":
                     # the text only sets initial values; the shapes are those of a random init
                     method_cfg = method_cfg.model_copy(update={"init": "random", "init_text": None})
-                model = apply_method(model, recipe.method, method_cfg, task_type=recipe.task, tokenizer=None)
+                model = apply_method(model, recipe.method, method_cfg, task=spec, tokenizer=None)
     finally:
         hf_logging.set_verbosity(previous)
     return model

@@ -363,7 +363,7 @@ class GenerationEngine:
         from transformers import StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
-        from tuneforge.models.generation import _seeded
+        from tuneforge.models.generation import seeded
 
         engine, s = self, row.sampling
 
@@ -392,7 +392,7 @@ class GenerationEngine:
         row.ticket.post(Started(row.index, len(row.prompt)))
         self.metrics.batch_size.observe(1)
         # generate samples from the global RNG: forked, and seeded with the row's seed (random without one)
-        with _seeded(self.model, row.generator.initial_seed() if row.generator is not None else None):
+        with seeded(self.model, row.generator.initial_seed() if row.generator is not None else None):
             self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=s.max_tokens,
                                 eos_token_id=sorted(self.eos) or None, pad_token_id=self.pad_id, streamer=Feed(),
                                 stopping_criteria=StoppingCriteriaList([Over()]), **sampling)

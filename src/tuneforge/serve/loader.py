@@ -7,7 +7,6 @@ with ``--allow-pickle`` (``tuneforge.models.resolve`` refuses pickle-only direct
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,19 +14,20 @@ from typing import Any
 
 from tuneforge.errors import TuneforgeError
 
-#: architecture suffix -> (served task, transformers auto class)
+# Serving imports inference code only (no tuneforge.tasks, whose specs reach the data stage), so the kinds
+# of model it serves are its own: an export is served by its head class.
+#: architecture suffix -> (served kind, transformers auto class)
 TASKS = {
     "ForSequenceClassification": ("classification", "AutoModelForSequenceClassification"),
     "ForTokenClassification": ("token_classification", "AutoModelForTokenClassification"),
     "ForCausalLM": ("causal_lm", "AutoModelForCausalLM"),
 }
-#: endpoints each task serves (besides /v1/models, /health, /metrics)
+#: endpoints each served kind offers (besides /v1/models, /health, /metrics)
 ENDPOINTS = {
     "classification": ["/v1/classify"],
     "token_classification": ["/v1/tokens"],
     "causal_lm": ["/v1/completions", "/v1/chat/completions"],
 }
-_EXPORT_MANIFEST = "tuneforge_export.json"  # written by tuneforge.models.methods.save_method_export
 
 
 @dataclass
@@ -55,24 +55,6 @@ class ServedModel:
         return ENDPOINTS[self.task]
 
 
-def _manifest(model_dir: Path) -> dict:
-    """What ``tuneforge export`` wrote about the folder (how it was exported, the model class); {} if nothing."""
-    path = model_dir / _EXPORT_MANIFEST
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _architecture(model_dir: Path, manifest: dict) -> str:
-    """The model class named by the export manifest or config.json."""
-    if "model_class" in manifest:
-        return manifest["model_class"]
-    config = model_dir / "config.json"
-    archs = json.loads(config.read_text()).get("architectures") or [] if config.exists() else []
-    if not archs:
-        raise TuneforgeError(f"{model_dir}: config.json names no architecture; tuneforge serve needs an exported "
-                             "task model (tuneforge export writes one)")
-    return archs[0]
-
-
 def task_of(architecture: str) -> tuple[str, str]:
     for suffix, task in TASKS.items():
         if architecture.endswith(suffix):
@@ -81,29 +63,16 @@ def task_of(architecture: str) -> tuple[str, str]:
     raise TuneforgeError(f"the model is a {architecture}; tuneforge serve serves {kinds} models")
 
 
-def _check_weights(model_dir: Path, allow_pickle: bool):
+def _check_weights(info, allow_pickle: bool):
     """The directory's weights may be loaded: safetensors, or pickle with ``--allow-pickle``."""
     from tuneforge.errors import ModelResolutionError
-    from tuneforge.models.resolve import resolve_model
+    from tuneforge.models.load_export import check_export_weights
 
     try:
-        return resolve_model(str(model_dir), allow_pickle=allow_pickle)
+        return check_export_weights(info, allow_pickle=allow_pickle)
     except ModelResolutionError as exc:  # the shared message speaks of recipes; a server has a flag
         raise ModelResolutionError(str(exc).replace("set `model.allow_pickle: true` in the recipe",
                                                     "start the server with --allow-pickle")) from None
-
-
-def _load_weights(model_dir: Path, auto_class: str, resolved):
-    if resolved is None:
-        # a prefix/prompt or bottleneck-adapter export: the base model plus the method's files
-        from tuneforge.models.methods import load_method_export
-
-        return load_method_export(model_dir)
-    import transformers
-
-    from tuneforge.models.resolve import model_load_kwargs
-
-    return getattr(transformers, auto_class).from_pretrained(resolved.path, **model_load_kwargs(resolved))
 
 
 def _device(name: str):
@@ -136,6 +105,7 @@ def load_served_model(model_dir: Path | str, *, allow_pickle: bool = False, devi
     import torch
     from transformers import AutoTokenizer
 
+    from tuneforge.models.load_export import load_export_model, read_export
     from tuneforge.models.resolve import resolve_model
 
     model_id = model_id or Path(model_dir).name
@@ -144,14 +114,13 @@ def load_served_model(model_dir: Path | str, *, allow_pickle: bool = False, devi
         model_dir = resolve_model(str(model_dir), allow_pickle=allow_pickle).path
     if not model_dir.is_dir():
         raise TuneforgeError(f"model directory not found: {model_dir}")
+    info = read_export(model_dir, needed_by="tuneforge serve")
     # tuneforge's own method exports are safetensors; anything else goes through the pickle check first
-    manifest = _manifest(model_dir)
-    plain = manifest.get("how", "plain") in ("plain", "merged")
-    resolved = _check_weights(model_dir, allow_pickle) if plain else None
-    task, auto_class = task_of(_architecture(model_dir, manifest))
+    resolved = _check_weights(info, allow_pickle)
+    task, auto_class = task_of(info.architecture)
     if threads:
         torch.set_num_threads(threads)
-    model = _load_weights(model_dir, auto_class, resolved)
+    model = load_export_model(info, auto_class, resolved)
     device = _device(device)
     if dtype == "fp16" and device.type != "cuda":
         raise TuneforgeError("dtype fp16 needs a CUDA device; on a CPU use bf16 (fast on CPUs with AVX512-BF16 "

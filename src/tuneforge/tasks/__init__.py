@@ -1,38 +1,46 @@
-"""Task specs: what each ``task:`` value means for data, head, loss, predictions and metrics.
+"""Tasks: what each ``task:`` value means for data, head, loss, predictions, metrics and hooks.
 
-``get_task(name)`` returns a ``TaskSpec``; the training run, evaluation and export use only its
-fields, so adding a task is adding one small module here.
+Each task is one module here ending with ``SPEC = register(TaskSpec(...))`` (``tasks.base``); importing
+this package registers the built-in ones. The recipe's ``task`` accepts every registered name, and
+the training run, evaluation, export, planning and serving use only the spec, so adding a task is
+adding one module (and its name to ``BUILTIN`` below, or a ``register`` call in a plugin or test).
 """
 
 from __future__ import annotations
 
-from tuneforge.tasks.base import TaskSpec
+import importlib
+
+from tuneforge.tasks.base import REGISTRY, FinalEvaluation, TaskSpec, register
+
+#: modules of the built-in tasks, in the order recipes' docs list them
+BUILTIN = ("classification", "regression", "token_classification", "causal_lm", "extractive_qa", "seq2seq",
+           "masked_lm")
+
+for _name in BUILTIN:
+    importlib.import_module(f"tuneforge.tasks.{_name}")
+
+__all__ = ["BUILTIN", "FinalEvaluation", "TaskSpec", "get_task", "register", "spec_for", "task_names", "all_specs"]
+
+
+def task_names() -> tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+def all_specs() -> list[TaskSpec]:
+    return list(REGISTRY.values())
 
 
 def get_task(name: str) -> TaskSpec:
-    if name == "classification":
-        from tuneforge.tasks.classification import SPEC
-    elif name == "regression":
-        from tuneforge.tasks.regression import SPEC
-    elif name == "token_classification":
-        from tuneforge.tasks.token_classification import SPEC
-    elif name == "causal_lm":
-        from tuneforge.tasks.causal_lm import SPEC
-    elif name == "seq2seq":
-        from tuneforge.tasks.seq2seq import SPEC
-    elif name == "extractive_qa":
-        from tuneforge.tasks.extractive_qa import SPEC
-    elif name == "masked_lm":
-        from tuneforge.tasks.masked_lm import SPEC
-    else:
-        raise ValueError(f"unknown task {name!r}")
-    return SPEC
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; registered: {', '.join(REGISTRY)}") from None
 
 
 def spec_for(recipe) -> TaskSpec:
-    """The spec a recipe trains with: its task, with the multi-label variant of classification."""
-    if recipe.task == "classification" and recipe.classification.multi_label:
-        from tuneforge.tasks.multilabel import SPEC
-
-        return SPEC
-    return get_task(recipe.task)
+    """The spec a recipe trains with: its task's, or the variant its settings select (multi-label
+    classification)."""
+    spec = get_task(recipe.task)
+    if spec.variant is not None:
+        return spec.variant(recipe) or spec
+    return spec

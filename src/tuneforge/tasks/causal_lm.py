@@ -19,7 +19,7 @@ from pydantic import Field
 from tuneforge.errors import DataError
 from tuneforge.models.generation import GenerationConfig
 from tuneforge.sections import Section
-from tuneforge.tasks.base import TaskSpec
+from tuneforge.tasks.base import TaskSpec, register
 
 
 class CausalLMConfig(Section):
@@ -131,7 +131,7 @@ def metrics(preds, records: list[dict], encoded, names: list[str] | None) -> dic
 
 def generate_metrics(model, tokenizer, records: list[dict], recipe) -> dict:
     """Generate the last assistant turn of validation conversations and score it."""
-    from tuneforge.evaluate.task_metrics import final_number_accuracy, generation_metrics
+    from tuneforge.tasks.metrics.task_metrics import final_number_accuracy, generation_metrics
     from tuneforge.models.generation import generate_from_messages
 
     cfg = recipe.causal_lm
@@ -187,7 +187,7 @@ def write_comparison(base: dict, tuned: dict, out_dir, recipe) -> None:
     from pathlib import Path
 
     keys = [k for k in tuned if k in base and isinstance(tuned[k], (int, float))]
-    from tuneforge.evaluate.metrics import METRIC_DIRECTIONS
+    from tuneforge.tasks.metrics import METRIC_DIRECTIONS
 
     generated = recipe.causal_lm.eval_metric != "none"
     lines = [f"# {recipe.name}: base vs tuned", "",
@@ -211,10 +211,68 @@ class _ChatRow:
     kind = "chat"
 
 
-SPEC = TaskSpec(
+def check_recipe(recipe) -> None:
+    """Selecting on a generation metric needs that metric generated during training."""
+    metric = recipe.train.metric_for_best
+    generated = {"final_number": {"final_number_accuracy"}, "text": {"bleu", "chrf", "rougeL"}}
+    if metric in {"final_number_accuracy", "bleu", "chrf", "rougeL"}:
+        if metric not in generated.get(recipe.causal_lm.eval_metric, set()):
+            raise ValueError(f"train.metric_for_best: {metric} needs causal_lm.eval_metric "
+                             f"{'final_number' if metric == 'final_number_accuracy' else 'text'}"
+                             f" (now {recipe.causal_lm.eval_metric})")
+        if not recipe.causal_lm.generate_during_training:
+            raise ValueError(f"train.metric_for_best: {metric} is only measured during "
+                             "training with causal_lm.generate_during_training: true; set it, or select on loss")
+
+
+def loop_generation(recipe) -> list[str]:
+    keys = []
+    if recipe.causal_lm.generate_during_training:
+        keys.append("causal_lm.generate_during_training: true")
+    if recipe.causal_lm.sample_prompts:
+        keys.append("causal_lm.sample_prompts")
+    return keys
+
+
+def log_samples(model, tokenizer, recipe, step: int) -> None:
+    """At every evaluation during training: samples appended to samples.jsonl (one record each)."""
+    import json
+
+    if not recipe.causal_lm.sample_prompts:
+        return
+    with (recipe.run_dir / "samples.jsonl").open("a") as fh:
+        fh.write(json.dumps({"step": step, "samples": sample_texts(model, tokenizer, recipe)}) + "\n")
+
+
+def after_evaluation(final) -> None:
+    """The untuned base model next to the tuned one (eval/base_vs_tuned.md): the evidence that tuning
+    helped, in one table; then the samples."""
+    base = compare_with_base(final.model, final.recipe, final.load_base, final.score)
+    if base:
+        write_comparison(base, final.metrics, final.out_dir, final.recipe)
+        final.metrics["base"] = base
+        final.say("base vs tuned: " + ", ".join(f"{k} {base[k]:.4g} -> {final.metrics[k]:.4g}" for k in base
+                                                if k in final.metrics and isinstance(base[k], (int, float))))
+    if final.recipe.causal_lm.sample_prompts:
+        final.metrics["samples"] = sample_texts(final.model, final.tokenizer, final.recipe)
+
+
+def final_generation(recipe) -> tuple[int, int] | None:
+    if recipe.causal_lm.eval_metric == "none":
+        return None
+    gen = recipe.causal_lm.generation
+    return gen.batch_size * gen.num_beams, gen.max_new_tokens
+
+
+SPEC = register(TaskSpec(
     name="causal_lm", labels="none", label_kind="causal", auto_class="AutoModelForCausalLM",
     peft_task_type="CAUSAL_LM", head_kwargs=lambda names: {}, encode=encode, metrics=metrics,
     summary=lambda m: f"loss {m['loss']:.4f}, perplexity {m['perplexity']:.2f}" + "".join(
         f", {k} {m[k]:.2f}" for k in ("final_number_accuracy", "bleu", "rougeL") if k in m),
     generate_metrics=generate_metrics,
-)
+    selectable={"loss": "min", "perplexity": "min", "final_number_accuracy": "max", "bleu": "max", "chrf": "max",
+                "rougeL": "max"},
+    section="causal_lm", check_recipe=check_recipe, scratch_families=("gpt2", "llama"),
+    generate_in_loop=lambda recipe: recipe.causal_lm.generate_during_training, loop_generation=loop_generation,
+    during_evaluation=log_samples, after_evaluation=after_evaluation, final_generation=final_generation,
+))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tuneforge.tasks.base import TaskSpec, label_maps, text_input_ids
+from tuneforge.tasks.base import TaskSpec, label_maps, register, text_input_ids
 
 
 def encode(records: list[dict], tokenizer, recipe, names: list[str] | None):
@@ -14,13 +14,25 @@ def encode(records: list[dict], tokenizer, recipe, names: list[str] | None):
 
 
 def metrics(preds, records: list[dict], encoded, names: list[str] | None) -> dict:
-    from tuneforge.evaluate.metrics import classification_metrics
+    from tuneforge.tasks.metrics import classification_metrics
 
     return classification_metrics(encoded.labels, preds.labels, names)
 
 
-SPEC = TaskSpec(
+def _variant(recipe):
+    """``classification.multi_label: true`` selects the multi-label variant (tasks/multilabel.py)."""
+    if recipe.classification.multi_label:
+        from tuneforge.tasks.multilabel import SPEC as MULTI_LABEL
+
+        return MULTI_LABEL
+    return None
+
+
+SPEC = register(TaskSpec(
     name="classification", labels="class", label_kind="class", auto_class="AutoModelForSequenceClassification",
     peft_task_type="SEQ_CLS", head_kwargs=label_maps, encode=encode, metrics=metrics,
     summary=lambda m: f"accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}",
-)
+    selectable={"accuracy": "max", "macro_f1": "max", "macro_precision": "max", "macro_recall": "max",
+                "loss": "min"},
+    section="classification", variant=_variant, new_head=True, scratch_families=("gpt2", "llama", "bert"),
+))

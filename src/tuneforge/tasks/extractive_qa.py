@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 
 from tuneforge.errors import DataError
-from tuneforge.tasks.base import TaskSpec
+from tuneforge.tasks.base import TaskSpec, register
 
 QA_FIELDS = ("question", "context", "answers")
 
@@ -92,7 +92,7 @@ def _fitting_questions(records: list[dict], tokenizer, max_length: int, stride: 
 
 def metrics(preds, records: list[dict], encoded, names: list[str] | None) -> dict:
     from tuneforge.data.qa import QAConfig, postprocess_qa
-    from tuneforge.evaluate.task_metrics import squad_metrics
+    from tuneforge.tasks.metrics.task_metrics import squad_metrics
 
     meta = encoded.meta
     windows = [{"example_index": e, "offset_mapping": o}
@@ -106,8 +106,22 @@ def metrics(preds, records: list[dict], encoded, names: list[str] | None) -> dic
     return squad_metrics(predicted, [[a["text"] for a in r["answers"]] for r in records])
 
 
-SPEC = TaskSpec(
+def check_recipe(recipe) -> None:
+    if 2 * recipe.extractive_qa.doc_stride > recipe.model.max_length:
+        # Each window holds the whole question and more than doc_stride context tokens; half the
+        # window for the overlap leaves the other half for the question and new context.
+        raise ValueError(
+            f"extractive_qa.doc_stride: {recipe.extractive_qa.doc_stride} is more than half of model.max_length "
+            f"({recipe.model.max_length}); lower doc_stride or raise max_length (e.g. 128 with max_length 384)"
+        )
+
+
+SPEC = register(TaskSpec(
     name="extractive_qa", labels="qa", label_kind="span", auto_class="AutoModelForQuestionAnswering",
     peft_task_type="QUESTION_ANS", head_kwargs=head_kwargs, encode=encode, metrics=metrics,
     summary=lambda m: f"F1 {m['f1']:.2f}, exact match {m['exact_match']:.2f} (SQuAD, 0-100)",
-)
+    selectable={"f1": "max", "exact_match": "max", "loss": "min"},
+    section="extractive_qa", check_recipe=check_recipe, new_head=True, scratch_families=("bert",),
+    unsupported_methods={"prompt": "prompt tuning prepends virtual tokens to the input, so the answer start/end "
+                                   "positions would point num_virtual_tokens too early"},
+))

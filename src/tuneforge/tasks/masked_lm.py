@@ -19,7 +19,7 @@ from pydantic import Field
 
 from tuneforge.errors import DataError
 from tuneforge.sections import Section
-from tuneforge.tasks.base import TaskSpec
+from tuneforge.tasks.base import TaskSpec, register
 
 
 class MaskedLMConfig(Section):
@@ -31,23 +31,9 @@ class MaskedLMConfig(Section):
                                                                  "a random token (the rest stay unchanged).")
 
 
-def masking_spec(tokenizer, recipe):
-    from tuneforge.data.masking import MaskingSpec
-
-    if tokenizer.mask_token_id is None:
-        raise DataError(f"task masked_lm needs a tokenizer with a mask token; {type(tokenizer).__name__} "
-                        f"({getattr(tokenizer, 'name_or_path', '')}) has none")
-    cfg = recipe.masked_lm
-    try:
-        return MaskingSpec(mask_id=tokenizer.mask_token_id, vocab_size=len(tokenizer),
-                           special_ids=frozenset(tokenizer.all_special_ids), probability=cfg.mask_probability,
-                           mask_share=cfg.mask_share, random_share=cfg.random_share, seed=recipe.seed)
-    except ValueError as exc:
-        raise DataError(f"masked_lm: {exc}") from None
-
-
 def encode(records: list[dict], tokenizer, recipe, names: list[str] | None):
     from tuneforge.data.batching import Encoded
+    from tuneforge.data.masking import masking_spec
     from tuneforge.data.packing import stream_blocks
 
     not_text = next((r for r in records if "text" not in r), None)
@@ -90,9 +76,13 @@ def metrics(preds, records: list[dict], encoded, names: list[str] | None) -> dic
     return {"perplexity": math.exp(min(preds.loss, 50.0)), "masked_accuracy": right / total if total else 0.0}
 
 
-SPEC = TaskSpec(
+SPEC = register(TaskSpec(
     name="masked_lm", labels="none", label_kind="mlm", auto_class="AutoModelForMaskedLM",
     peft_task_type="", head_kwargs=lambda names: {}, encode=encode, metrics=metrics,
     summary=lambda m: f"loss {m['loss']:.4f}, perplexity {m['perplexity']:.2f}, masked accuracy "
                       f"{m['masked_accuracy']:.4f}",
-)
+    selectable={"loss": "min", "perplexity": "min", "masked_accuracy": "max"},
+    section="masked_lm", scratch_families=("bert",),
+    unsupported_methods={m: "peft has no masked-LM prompt-learning model (no task type for it)"
+                         for m in ("prompt", "prefix")},
+))

@@ -22,7 +22,7 @@ def encode(records: list[dict], tokenizer, recipe, names: list[str] | None):
 
 
 def metrics(preds, records: list[dict], encoded, names: list[str] | None) -> dict:
-    from tuneforge.evaluate.task_metrics import multilabel_metrics, tune_thresholds
+    from tuneforge.tasks.metrics.task_metrics import multilabel_metrics, tune_thresholds
 
     probs = preds.logits.sigmoid().numpy()
     thresholds = tune_thresholds(probs, encoded.labels)
@@ -39,4 +39,7 @@ SPEC = TaskSpec(
     head_kwargs=lambda names: {**label_maps(names), "problem_type": "multi_label_classification"},
     encode=encode, metrics=metrics,
     summary=lambda m: f"micro F1 {m['micro_f1']:.4f} (at 0.5: {m['micro_f1_at_0.5']:.4f}), macro F1 {m['macro_f1']:.4f}",
-)
+    selectable={"macro_f1": "max", "micro_f1": "max", "micro_precision": "max", "micro_recall": "max",
+                "subset_accuracy": "max", "loss": "min"},
+    default_metric="micro_f1", section="classification", new_head=True, scratch_families=("gpt2", "llama", "bert"),
+)  # a variant of classification (tasks/classification.py), not a task of its own: not registered

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from tuneforge.models.generation import GenerationConfig
 from tuneforge.sections import Section
-from tuneforge.tasks.base import TaskSpec
+from tuneforge.tasks.base import TaskSpec, register
 
 #: Validation examples whose source, reference and generated output go into the metrics (and so into
 #: eval.json): a score is much easier to judge next to a few outputs.
@@ -90,7 +90,7 @@ def metrics(preds: Any, records: list[dict], encoded: Any, names: list[str] | No
 
 def generate_metrics(model: Any, tokenizer: Any, records: list[dict], recipe: Any) -> dict:
     """Generate outputs for the validation ``records`` and score them (BLEU, chrF, ROUGE-1/2/L, 0-100)."""
-    from tuneforge.evaluate.task_metrics import generation_metrics
+    from tuneforge.tasks.metrics.task_metrics import generation_metrics
     from tuneforge.models.generation import generate
 
     cfg = recipe.seq2seq
@@ -115,8 +115,11 @@ def summary(m: dict) -> str:
             f"({m['generated_examples']} generated)")
 
 
-SPEC = TaskSpec(
+SPEC = register(TaskSpec(
     name="seq2seq", labels="none", label_kind="target", auto_class="AutoModelForSeq2SeqLM",
     peft_task_type="SEQ_2_SEQ_LM", head_kwargs=lambda names: {}, encode=encode, metrics=metrics,
     summary=summary, generate_metrics=generate_metrics,
-)
+    selectable={"bleu": "max", "chrf": "max", "rougeL": "max", "rouge1": "max", "rouge2": "max", "loss": "min"},
+    section="seq2seq",
+    loop_generation=lambda recipe: ["task seq2seq (its metrics during training are generated)"],
+))

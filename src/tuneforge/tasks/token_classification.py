@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tuneforge.tasks.base import TaskSpec, label_maps
+from tuneforge.tasks.base import TaskSpec, label_maps, register
 
 
 def encode(records: list[dict], tokenizer, recipe, names: list[str] | None):
@@ -20,15 +20,20 @@ def encode(records: list[dict], tokenizer, recipe, names: list[str] | None):
 
 def metrics(preds, records: list[dict], encoded, names: list[str] | None) -> dict:
     from tuneforge.data.token_labels import decode_predictions
-    from tuneforge.evaluate.task_metrics import ner_metrics
+    from tuneforge.tasks.metrics.task_metrics import ner_metrics
 
     predicted = decode_predictions([out.argmax(-1).tolist() for out in preds.outputs], encoded.meta["word_ids"],
                                    names, [len(r["tokens"]) for r in records])
     return ner_metrics([r["tags"] for r in records], predicted)
 
 
-SPEC = TaskSpec(
+SPEC = register(TaskSpec(
     name="token_classification", labels="tags", label_kind="tokens", auto_class="AutoModelForTokenClassification",
     peft_task_type="TOKEN_CLS", head_kwargs=label_maps, encode=encode, metrics=metrics,
     summary=lambda m: f"entity F1 {m['entity_f1']:.4f} (P {m['entity_precision']:.4f}, R {m['entity_recall']:.4f})",
-)
+    selectable={"entity_f1": "max", "entity_precision": "max", "entity_recall": "max", "token_accuracy": "max",
+                "loss": "min"},
+    new_head=True, scratch_families=("gpt2", "llama", "bert"),
+    unsupported_methods={"prompt": "prompt tuning prepends virtual tokens to the input, so the outputs no "
+                                   "longer line up one-to-one with the per-token labels"},
+))

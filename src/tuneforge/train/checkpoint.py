@@ -12,7 +12,8 @@ So at any instant at least one complete state exists among ``last``, ``last.tmp`
 once the first save has finished. ``settle`` (run by the main process before each save and before a
 resume) puts the newest complete one at ``last`` and deletes the rest: the killed save is finished
 if its marker was written, else discarded. ``best`` keeps only trainable weights and ``best.json``,
-written as one folder swap so that they can never come from different steps.
+written as one folder swap so that they can never come from different steps (``tuneforge.models.best``,
+which ``tuneforge export`` reads too).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tuneforge.atomic import atomic_write_json, fsync_tree, recover_dir, replace_dir, staged_dir
+from tuneforge.atomic import atomic_write_json, fsync_tree, replace_dir
 from tuneforge.errors import TuneforgeError
 
 STATE_FILE = "train_state.json"
@@ -114,27 +115,3 @@ def load_last(accelerator, ckpt_dir: Path, recipe_hash: str) -> TrainState:
         )
     accelerator.load_state(str(target))
     return state
-
-
-def save_best(weights: dict, ckpt_dir: Path, step: int, metrics: dict) -> None:
-    """Weights and best.json as one folder swap: a kill leaves the previous best whole, or the new one.
-    ``weights``: the trainable parameters, whole (``tuneforge.train.distributed.trainable_weights``, which
-    gathers them from every process when the model is sharded)."""
-    from safetensors.torch import save_file
-
-    with staged_dir(ckpt_dir / "best") as tmp:
-        save_file(weights, str(tmp / "trainable.safetensors"))
-        (tmp / "best.json").write_text(json.dumps({"step": step, "metrics": metrics}, indent=2))
-
-
-def load_best(model, ckpt_dir: Path) -> dict | None:
-    from safetensors.torch import load_file
-
-    from tuneforge.models.build import load_trainable_state_dict
-
-    best = ckpt_dir / "best"
-    recover_dir(best)  # a swap killed halfway (platforms without an atomic exchange)
-    if not (best / "trainable.safetensors").exists():
-        return None
-    load_trainable_state_dict(model, load_file(str(best / "trainable.safetensors")))
-    return json.loads((best / "best.json").read_text())

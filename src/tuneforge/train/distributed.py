@@ -122,13 +122,9 @@ def check_distributed_options(recipe, accelerator) -> None:
         # rebuilt quantised copy for the export: not a path tuneforge has.
         raise TuneforgeError("model.quantize (QLoRA) under FSDP / ZeRO-3 is not supported: the quantised base is "
                              "small enough to train with DDP (configs/accelerate/ddp.yaml)")
-    generates = []
-    if recipe.task == "seq2seq":
-        generates.append("task seq2seq (its metrics during training are generated)")
-    if recipe.task == "causal_lm" and recipe.causal_lm.generate_during_training:
-        generates.append("causal_lm.generate_during_training: true")
-    if recipe.task == "causal_lm" and recipe.causal_lm.sample_prompts:
-        generates.append("causal_lm.sample_prompts")
+    from tuneforge.tasks import spec_for
+
+    generates = spec_for(recipe).loop_generation(recipe)
     if generates:
         # Generation during training runs on the main process alone; with sharded parameters every
         # forward is collective, so the other processes would wait for it forever.
@@ -200,7 +196,7 @@ def trainable_weights(accelerator, model) -> dict | None:
 
     Call on every process: with sharded parameters this gathers them (a collective); otherwise the main
     process copies its own and the others return at once."""
-    from tuneforge.models.build import trainable_state_dict
+    from tuneforge.models.params import trainable_state_dict
 
     if not params_sharded(accelerator):
         return trainable_state_dict(accelerator.unwrap_model(model)) if accelerator.is_main_process else None

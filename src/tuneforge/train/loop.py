@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Callable
 
 from tuneforge.data.batching import Encoded, collate, length_grouped_batches, shard
-from tuneforge.evaluate.metrics import metric_is_better
-from tuneforge.train.checkpoint import TrainState, save_best, save_last
+from tuneforge.models.best import save_best
+from tuneforge.tasks.losses import forward_loss_sum
+from tuneforge.tasks.metrics import metric_is_better
+from tuneforge.train.checkpoint import TrainState, save_last
 from tuneforge.train.distributed import trainable_weights
 from tuneforge.train.flops import efficiency_for_run, tokens_per_example
 from tuneforge.train.progress import TrainProgress
-from tuneforge.train.losses import forward_loss_sum
 from tuneforge.train.steps import Throughput, accumulation_windows, check_finite, step_loss_scale
 
 
@@ -41,6 +42,7 @@ class LoopInputs:
     ckpt_dir: Path
     metrics_file: Path
     on_evaluate: Callable[[int, dict], None] | None = None  # (step, metrics) after each evaluation; may raise
+    metric_direction: str | None = None  # "max"/"min" for cfg.metric_for_best (the task's; None: the metric table's)
 
 
 def _epoch_batches(inp: LoopInputs, epoch: int, world: int) -> list[list[int]]:
@@ -169,7 +171,7 @@ def _evaluate_and_checkpoint(inp: LoopInputs, state: TrainState, progress: Train
     if inp.on_evaluate is not None:
         inp.on_evaluate(state.global_step, metrics)
     value = metrics[cfg.metric_for_best]
-    if metric_is_better(cfg.metric_for_best, value, state.best_metric):
+    if metric_is_better(cfg.metric_for_best, value, state.best_metric, direction=inp.metric_direction):
         state.best_metric, state.best_step = value, state.global_step
         state.evals_without_improvement = 0
         # every process joins: with sharded parameters (FSDP) gathering them is a collective

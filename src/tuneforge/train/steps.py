@@ -20,13 +20,6 @@ from tuneforge.errors import TrainingDiverged
 T = TypeVar("T")
 
 
-def classification_loss_sum(logits, labels):
-    """Summed cross-entropy in fp32 (autocast logits may be bf16; the softmax must not be)."""
-    import torch.nn.functional as F
-
-    return F.cross_entropy(logits.float(), labels, reduction="sum")
-
-
 def step_loss_scale(global_examples_in_step: int, world_size: int) -> float:
     """Factor turning a process's summed micro-batch loss into its share of the step's mean loss."""
     if global_examples_in_step <= 0:

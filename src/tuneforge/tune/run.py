@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from tuneforge.atomic import staged_dir
 from tuneforge.config_io import format_validation_error, load_config
 from tuneforge.errors import RecipeError, TuneforgeError
-from tuneforge.recipe import TASK_METRICS, Recipe, resolved_dict
+from tuneforge.recipe import Recipe, resolved_dict
 from tuneforge.sections import Section
 from tuneforge.tune.space import SearchSection, check_against_recipe, split_search, with_params
 
@@ -83,7 +83,9 @@ def load_tune(path: str | Path, overrides: list[str] | None = None) -> TuneSpec:
     recipe = load_config(Recipe, None, base=base)
     check_against_recipe(search, base, Recipe, str(path))
     metric = recipe.train.metric_for_best
-    direction = "maximize" if TASK_METRICS[recipe.task][metric] == "max" else "minimize"
+    from tuneforge.tasks import spec_for
+
+    direction = "maximize" if spec_for(recipe).selectable[metric] == "max" else "minimize"
     return TuneSpec(str(path), base, recipe, search, metric, direction)
 
 
@@ -225,8 +227,9 @@ def retrain(spec: TuneSpec, url: str, say=print):
     Nothing is selected on the test split: the run evaluates only after its last step (the best trial's
     schedule, now over more rows), so the test figure is an honest estimate of the tuned recipe.
     """
-    from tuneforge.data.prepare import PREPARED_FILE, load_prepared
-    from tuneforge.train.run import schedule_steps, train
+    from tuneforge.data.prepare import load_prepared, write_prepared
+    from tuneforge.train.fit import schedule_steps
+    from tuneforge.train.run import train
     from tuneforge.tune.study import load_study
 
     study = load_study(spec.recipe.name, url, spec.search, _seed(spec), spec.direction)
@@ -243,12 +246,9 @@ def retrain(spec: TuneSpec, url: str, say=print):
     out = spec.study_dir / "retrain-data"
     splits = {"train": data.records["train"] + data.records["validation"], "validation": data.records["test"],
               "test": []}
-    meta = json.loads((source / PREPARED_FILE).read_text())
-    meta["validation_source"] = "the test split (retraining on train + validation)"
     with staged_dir(out) as stage:  # swapped in whole: never a mix of two retrains' splits
-        for split, rows in splits.items():
-            (stage / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        (stage / PREPARED_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        write_prepared(stage, splits, like=source,
+                       validation_source="the test split (retraining on train + validation)")
 
     recipe = Recipe.model_validate(with_params(spec.base, params))
     _, total = schedule_steps(len(splits["train"]), recipe.train)

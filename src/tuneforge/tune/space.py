@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from tuneforge.config_io import _section_type, apply_overrides, format_validation_error, read_yaml, set_key
+from tuneforge.config_io import apply_overrides, format_validation_error, read_yaml, section_type, set_key
 from tuneforge.errors import RecipeError
 from tuneforge.sections import Section
 
@@ -241,12 +241,12 @@ def check_key(path: str, recipe_model: type[BaseModel]) -> None:
             raise RecipeError(f"search.parameters: {path!r} is not a recipe key"
                               + (f" (did you mean '{'.'.join(parts[:depth] + [hint[0]])}'?)" if hint else "")
                               + f"; keys at {where}: {', '.join(fields)}")
-        current = _list_item(_section_type(fields[part].annotation))
+        current = _list_item(section_type(fields[part].annotation))
 
 
 def _list_item(annotation: Any) -> Any:
     if typing.get_origin(annotation) is list:
-        return _section_type(typing.get_args(annotation)[0])
+        return section_type(typing.get_args(annotation)[0])
     return annotation
 
 

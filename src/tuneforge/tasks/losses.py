@@ -1,7 +1,7 @@
 """Summed losses for every label kind, computed by us from the model's outputs.
 
 Why not use the loss the model returns? Transformers models return a *mean* over their own batch;
-exact gradient accumulation (see ``steps.py``) needs the *sum*, divided once by the whole step's
+exact gradient accumulation (see ``tuneforge.train.steps``) needs the *sum*, divided once by the whole step's
 count of examples or trained tokens (``Encoded.weights``). Every loss is computed in fp32: autocast
 logits may be bf16, and a softmax over a 50k vocabulary in bf16 loses the small probabilities.
 

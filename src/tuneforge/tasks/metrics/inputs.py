@@ -4,7 +4,7 @@ A metric computed on misaligned or malformed inputs does not fail: it returns a 
 that is wrong. Every metric function therefore checks its inputs first and raises ``ValueError``
 naming the argument, the position and the fix. These are programming errors between tuneforge's
 own components (a prediction loop and its metric), not user input, hence ``ValueError`` rather
-than ``DataError``, as in ``tuneforge.evaluate.metrics``.
+than ``DataError``, as in ``tuneforge.tasks.metrics``.
 """
 
 from __future__ import annotations

@@ -18,33 +18,33 @@ METRIC_DIRECTIONS: dict[str, str] = {
     "macro_precision": "max",
     "macro_recall": "max",
     "loss": "min",
-    # regression (tuneforge.evaluate.regression_metrics)
+    # regression (tuneforge.tasks.metrics.regression)
     "mse": "min",
     "rmse": "min",
     "mae": "min",
     "pearson": "max",
     "spearman": "max",
     "r2": "max",
-    # multi-label classification (tuneforge.evaluate.multilabel_metrics)
+    # multi-label classification (tuneforge.tasks.metrics.multilabel)
     "micro_f1": "max",
     "micro_precision": "max",
     "micro_recall": "max",
     "subset_accuracy": "max",
-    # token classification (tuneforge.evaluate.ner_metrics)
+    # token classification (tuneforge.tasks.metrics.ner)
     "entity_f1": "max",
     "entity_precision": "max",
     "entity_recall": "max",
     "token_accuracy": "max",
-    # text generation (tuneforge.evaluate.text_metrics)
+    # text generation (tuneforge.tasks.metrics.text)
     "bleu": "max",
     "chrf": "max",
     "rouge1": "max",
     "rouge2": "max",
     "rougeL": "max",
-    # extractive QA (tuneforge.evaluate.qa_metrics)
+    # extractive QA (tuneforge.tasks.metrics.qa)
     "exact_match": "max",
     "f1": "max",
-    # final-number answers, GSM8K style (tuneforge.evaluate.final_number_metrics)
+    # final-number answers, GSM8K style (tuneforge.tasks.metrics.final_number)
     "final_number_accuracy": "max",
     "answered": "max",
     "perplexity": "min",
@@ -128,13 +128,14 @@ def _validated_labels(
     return y_true_list, y_pred_list
 
 
-def metric_is_better(name: str, new: float, best: float | None) -> bool:
+def metric_is_better(name: str, new: float, best: float | None, *, direction: str | None = None) -> bool:
     """True if ``new`` strictly improves on ``best`` for metric ``name``.
 
     Ties are not improvements, so early-stopping patience runs out on a plateau. A NaN ``new``
     is never better; a NaN ``best`` (e.g. from a diverged first eval) is beaten by any real value.
+    ``direction`` ("max"/"min"; the task's ``TaskSpec.selectable``) wins over the table here.
     """
-    direction = METRIC_DIRECTIONS.get(name)
+    direction = direction or METRIC_DIRECTIONS.get(name)
     if direction is None:
         known = ", ".join(sorted(METRIC_DIRECTIONS))
         raise ValueError(f"unknown metric {name!r}; known metrics: {known}")

@@ -16,7 +16,7 @@ import re
 import warnings
 from collections.abc import Sequence
 
-from tuneforge.evaluate.metric_inputs import check_lengths
+from tuneforge.tasks.metrics.inputs import check_lengths
 
 NER_METRICS: tuple[str, ...] = ("entity_f1", "entity_precision", "entity_recall", "token_accuracy")
 # "O", or a chunk prefix and the entity type: anything else (a bare "PER", a "B_PER") would be

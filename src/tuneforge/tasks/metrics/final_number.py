@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from tuneforge.evaluate.metric_inputs import check_lengths, check_strings
+from tuneforge.tasks.metrics.inputs import check_lengths, check_strings
 
 FINAL_NUMBER_METRICS: tuple[str, ...] = ("final_number_accuracy", "answered")
 ANSWER_MARKER = "####"

@@ -12,16 +12,16 @@ convention); every other score is 0-1, like ``classification_metrics``.
 
 from __future__ import annotations
 
-from tuneforge.evaluate.final_number_metrics import (
+from tuneforge.tasks.metrics.final_number import (
     FINAL_NUMBER_METRICS,
     extract_final_number,
     final_number_accuracy,
 )
-from tuneforge.evaluate.multilabel_metrics import MULTILABEL_METRICS, multilabel_metrics, tune_thresholds
-from tuneforge.evaluate.ner_metrics import NER_METRICS, ner_metrics
-from tuneforge.evaluate.qa_metrics import SQUAD_METRICS, normalize_answer, squad_metrics
-from tuneforge.evaluate.regression_metrics import REGRESSION_METRICS, regression_metrics
-from tuneforge.evaluate.text_metrics import GENERATION_METRICS, generation_metrics
+from tuneforge.tasks.metrics.multilabel import MULTILABEL_METRICS, multilabel_metrics, tune_thresholds
+from tuneforge.tasks.metrics.ner import NER_METRICS, ner_metrics
+from tuneforge.tasks.metrics.qa import SQUAD_METRICS, normalize_answer, squad_metrics
+from tuneforge.tasks.metrics.regression import REGRESSION_METRICS, regression_metrics
+from tuneforge.tasks.metrics.text import GENERATION_METRICS, generation_metrics
 
 # Function name -> the flat (float) metric names it returns, in its output order.
 METRIC_NAMES: dict[str, tuple[str, ...]] = {

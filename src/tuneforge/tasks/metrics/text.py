@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tuneforge.evaluate.metric_inputs import check_lengths, check_strings, reference_lists
+from tuneforge.tasks.metrics.inputs import check_lengths, check_strings, reference_lists
 
 GENERATION_METRICS: tuple[str, ...] = ("bleu", "chrf", "rouge1", "rouge2", "rougeL")
 _ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tuneforge.evaluate.metric_inputs import check_lengths, finite_array
+from tuneforge.tasks.metrics.inputs import check_lengths, finite_array
 
 REGRESSION_METRICS: tuple[str, ...] = ("mse", "rmse", "mae", "pearson", "spearman", "r2")
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tuneforge.evaluate.metric_inputs import finite_array
+from tuneforge.tasks.metrics.inputs import finite_array
 
 MULTILABEL_METRICS: tuple[str, ...] = (
     "micro_f1", "macro_f1", "micro_precision", "micro_recall", "subset_accuracy",

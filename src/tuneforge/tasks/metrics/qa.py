@@ -15,7 +15,7 @@ import string
 from collections import Counter
 from collections.abc import Sequence
 
-from tuneforge.evaluate.metric_inputs import check_lengths, check_strings, reference_lists
+from tuneforge.tasks.metrics.inputs import check_lengths, check_strings, reference_lists
 
 SQUAD_METRICS: tuple[str, ...] = ("exact_match", "f1")
 _PUNCTUATION = frozenset(string.punctuation)

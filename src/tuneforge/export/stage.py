@@ -1,0 +1,65 @@
+"""The export stage's one entry: ``export_model(...) -> ExportResult``.
+
+Used by a run (``recipe.export.enabled``) and by ``tuneforge export RUN_DIR``: the trained model is
+written for users (merged or plain weights, or the method's own files), reloaded the way a user would
+and checked against the trained model's predictions, then described by a model card. Everything is
+written into a staged folder that replaces ``out`` whole at the end (also when a check fails, with its
+report): a kill mid-export leaves the previous export, never a mix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+
+@dataclass
+class ExportResult:
+    export_dir: Path
+    how: str  # how the weights were written: plain, merged, or the method's own files
+    verification: dict | None  # the reload check (None when verification is off)
+    onnx: dict | None = None  # the ONNX parity report (``tuneforge export --format onnx``)
+
+
+def export_model(model, tokenizer, recipe, spec, *, out: Path, reference_outputs: list, encoded, data_summary: dict,
+                 manifest: dict, metrics: dict, params, verify: bool = True,
+                 onnx: Callable[[Path, str], dict] | None = None) -> ExportResult:
+    """Export ``model`` (trained per ``recipe``, task ``spec``) into ``out``.
+
+    ``reference_outputs``: the trained model's predictions on ``encoded`` (the validation split), which
+    the reloaded export must reproduce; ``metrics``, ``data_summary``, ``manifest`` and ``params`` go into
+    the model card. ``onnx(stage_dir, how) -> report``: also write an ONNX graph (its parity report goes
+    into the card, and a failed parity check fails the export after the card is written)."""
+    from tuneforge.atomic import staged_dir
+    from tuneforge.errors import TuneforgeError
+    from tuneforge.export.card import write_model_card
+    from tuneforge.export.merge import verify_export, write_export
+    from tuneforge.recipe import recipe_to_yaml
+
+    with staged_dir(out, keep_on=(TuneforgeError,)) as stage:
+        how = write_export(model, recipe.method, tokenizer, stage)
+        verification = None
+        if verify:
+            verification = verify_export(stage, reference_outputs, encoded, pad_id=tokenizer.pad_token_id,
+                                         auto_class=spec.auto_class, how=how,
+                                         batch_size=recipe.train.eval_batch_size, final_dir=out)
+        onnx_report = onnx(stage, how) if onnx is not None else None
+        # The resolved recipe beside the weights: `tuneforge evaluate` reads the task and its settings from it.
+        (stage / "recipe.yaml").write_text(recipe_to_yaml(recipe), encoding="utf-8")
+        write_model_card(stage, recipe_yaml=recipe_to_yaml(recipe), recipe=recipe, data_summary=data_summary,
+                         manifest=manifest, metrics=metrics, verification=verification, params=str(params),
+                         export_how=how, auto_class=spec.auto_class, onnx=onnx_report, name=out.name)
+        if onnx_report is not None:
+            from tuneforge.export.onnx import raise_if_failed
+
+            raise_if_failed(onnx_report, out / "onnx")  # after the card: a failed check leaves a complete folder
+    return ExportResult(export_dir=out, how=how, verification=verification, onnx=onnx_report)
+
+
+def describe(result: ExportResult) -> str:
+    """The console line after an export."""
+    v = result.verification
+    return f"exported model: {result.export_dir}" + (
+        f" (verified: {100 * v['prediction_agreement']:.1f}% agreement, max |Δlogit| "
+        f"{v['max_abs_logit_diff']:.1e})" if v else "")
