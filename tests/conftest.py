@@ -101,6 +101,29 @@ def make_recipe(tmp_path, tiny_model_dir, toy_data):
     return build
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide Llama with the MiniLM tokenizer, saved like a real checkpoint. Wider init than
+    transformers' 0.02: at 0.02 a random 32-wide model's logits are so flat that LoRA's low-rank updates
+    barely move the loss in a few dozen steps."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                         pad_token_id=0, bos_token_id=101, eos_token_id=102, tie_word_embeddings=True,
+                         initializer_range=0.2)
+    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (minilm_dir() / name).exists():
+            shutil.copy(minilm_dir() / name, out / name)
+    return out
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models: thread start-up costs more than the maths, and the test machine's cores are shared."""

@@ -177,25 +177,6 @@ def test_seq2seq_export_scores_a_pairs_file_like_its_run(tmp_path, make_recipe, 
 # -------------------------------------------------------------------------------- causal LM, chat
 
 
-@pytest.fixture(scope="module")
-def tiny_llama_dir(tmp_path_factory, tiny_model_dir):
-    """A 2-layer, 32-wide Llama with the MiniLM tokenizer (copied from the tiny BERT's folder)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                         pad_token_id=0, bos_token_id=101, eos_token_id=102, tie_word_embeddings=True,
-                         initializer_range=0.2)
-    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        if (tiny_model_dir / name).exists():
-            shutil.copy(tiny_model_dir / name, out / name)
-    return out
-
-
 def _chats(path, n, rng):
     rows = []
     for _ in range(n):

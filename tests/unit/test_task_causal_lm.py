@@ -5,33 +5,10 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 
 import pytest
 
 from tuneforge.train.run import train
-
-
-@pytest.fixture(scope="module")
-def tiny_llama_dir(tmp_path_factory):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from tests.conftest import minilm_dir
-
-    out = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                         pad_token_id=0, bos_token_id=101, eos_token_id=102, tie_word_embeddings=True,
-                         # wider init: at 0.02 a random 32-wide model's logits are so flat that LoRA's
-                         # low-rank updates barely move the loss in a few dozen steps
-                         initializer_range=0.2)
-    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        if (minilm_dir() / name).exists():
-            shutil.copy(minilm_dir() / name, out / name)
-    return out
 
 
 def _alpaca(path, n, rng):

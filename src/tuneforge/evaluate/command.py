@@ -135,7 +135,9 @@ def run_evaluate(cfg: EvaluateConfig, say=print) -> EvaluateResult:
     # --- the model, as users load it
     resolved = check_export_weights(info, allow_pickle=cfg.allow_pickle)
     model = load_export_model(info, spec.auto_class, resolved)
-    model.to(_device(cfg.device)).eval()
+    from tuneforge.models.load_export import device_of
+
+    model.to(device_of(cfg.device)).eval()
     tokenizer = load_export_tokenizer(info.path)
     try:
         encoded = spec.encode(records, tokenizer, view, names)
@@ -250,18 +252,6 @@ def _label_names(info, spec) -> list[str] | None:
     if len(names) < 2:
         raise TuneforgeError(f"{info.config_dir / 'config.json'}: no label names (id2label) for a {spec.name} model")
     return names
-
-
-def _device(name: str):
-    import torch
-
-    from tuneforge.errors import TuneforgeError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TuneforgeError(f"device {name!r} asked for, but torch sees no CUDA device")
-    return torch.device(name)
 
 
 # --------------------------------------------------------------------------------------- the rows

@@ -159,3 +159,14 @@ def load_export_tokenizer(model_dir: Path):
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def device_of(name: str):
+    """A ``--device``/``device=`` value as a torch device: ``auto`` is CUDA when there is one, else CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TuneforgeError(f"device {name!r} asked for, but torch sees no CUDA device")
+    return torch.device(name)

@@ -75,16 +75,6 @@ def _check_weights(info, allow_pickle: bool):
                                                     "start the server with --allow-pickle")) from None
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TuneforgeError(f"device {name!r} asked for, but torch sees no CUDA device")
-    return torch.device(name)
-
-
 def context_length(model, tokenizer) -> int:
     """The most tokens the model reads: its position table, capped by the tokenizer's declared limit."""
     limits = [getattr(model.config, "max_position_embeddings", None), getattr(model.config, "n_positions", None)]
@@ -121,7 +111,9 @@ def load_served_model(model_dir: Path | str, *, allow_pickle: bool = False, devi
     if threads:
         torch.set_num_threads(threads)
     model = load_export_model(info, auto_class, resolved)
-    device = _device(device)
+    from tuneforge.models.load_export import device_of
+
+    device = device_of(device)
     if dtype == "fp16" and device.type != "cuda":
         raise TuneforgeError("dtype fp16 needs a CUDA device; on a CPU use bf16 (fast on CPUs with AVX512-BF16 "
                              "or AMX) or fp32")
