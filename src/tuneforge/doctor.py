@@ -448,13 +448,17 @@ def check_alias(alias: str, lookup: Lookup) -> Check:
     if done:
         data["size_bytes"] = dir_size(cache)
         return Check("models", alias, OK, f"{spec.package} {version}, built in the cache ({gib(data['size_bytes'])} "
-                     f"in {cache})", data=data)
+                     f"in {cache}){_noted(spec)}", data=data)
     if spec.gguf_file is not None and lookup("gguf") is None:
         return Check("models", alias, WARN, "cannot be converted from GGUF: the models extra (gguf) is missing",
                      fix="pip install 'tuneforge[models]'", data=data)
     step = "built" if spec.warm_start_encoder_decoder else "converted from GGUF"
     return Check("models", alias, OK, f"{spec.package} {version}; not in the cache yet: {step} on first use "
-                 f"into {cache}", data=data)
+                 f"into {cache}{_noted(spec)}", data=data)
+
+
+def _noted(spec) -> str:
+    return f"; {spec.weights_note}" if spec.weights_note else ""
 
 
 def check_models(lookup: Lookup) -> list[Check]:

@@ -16,7 +16,6 @@ import pytest
 
 from tests.conftest import minilm_dir
 from tests.serve_util import free_port, live_server
-from tests.unit.test_task_causal_lm import tiny_llama_dir  # noqa: F401 - a fixture, for the fuzzing test
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

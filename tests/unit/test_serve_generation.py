@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.serve_util import live_server
-from tests.unit.test_task_causal_lm import tiny_llama_dir  # noqa: F401 - the same tiny random Llama
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")

