@@ -70,3 +70,38 @@ def test_the_smollm2_alias_says_its_weights_are_4_bit(tmp_path, make_recipe):
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert "dequantised from a 4-bit Q4_1 GGUF" in readme
+
+
+def test_a_run_plots_its_selection_metric_over_training(make_recipe):
+    """metrics.png: the validation metric that selects the checkpoint, against step (not only the loss)."""
+    from tuneforge.evaluate.plots import plot_metric_curves
+    from tuneforge.train.run import train
+
+    result = train(make_recipe("train.epochs=2", "train.eval_every_steps=3"))
+    png = result.run_dir / "metrics.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    empty = result.run_dir / "none.jsonl"
+    empty.write_text('{"kind": "train", "step": 1, "loss": 0.5}\n')
+    assert plot_metric_curves(empty, result.run_dir / "none.png") is None  # no evaluation yet: no figure
+
+
+def test_library_noise_goes_to_the_run_log_not_the_console(tmp_path, capsys):
+    import logging
+    import warnings
+
+    from tuneforge.train.session import library_log
+
+    before = logging.getLogger("accelerate").handlers[:]
+    with library_log(tmp_path):
+        logging.getLogger("accelerate.utils.other").warning("Removed shared tensor {'lm_head.weight'} while saving")
+        logging.getLogger("transformers.modeling_utils").warning("Some weights were newly initialized")
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("`is_gradient_checkpointing` is deprecated", FutureWarning)
+    err = capsys.readouterr().err
+    log = (tmp_path / "library.log").read_text()
+    assert "Removed shared tensor" in log and "newly initialized" in log and "is deprecated" in log
+    assert "Removed shared tensor" not in err and "newly initialized" not in err and "is deprecated" not in err
+    assert logging.getLogger("accelerate").handlers == before  # restored after the run
+    logging.getLogger("accelerate.utils.other").warning("after the run")
+    assert "after the run" not in (tmp_path / "library.log").read_text()

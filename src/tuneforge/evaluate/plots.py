@@ -115,6 +115,35 @@ def plot_loss_curves(metrics_jsonl: Path, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
+def plot_metric_curves(metrics_jsonl: Path, path: Path, *, selected: str | None = None,
+                       skip: tuple[str, ...] = ("loss", "step", "examples_per_s", "tokens_per_s")) -> Path | None:
+    """Every scalar metric of the evaluations during training against step, one panel each (the
+    selection metric first, its best point marked): the curve of the metric that chose the checkpoint,
+    not only the loss. None (nothing written) when fewer than one evaluation logged a metric."""
+    records = [r for r in _read_jsonl(Path(metrics_jsonl)) if r.get("kind") == "eval"]
+    names = sorted({k for r in records for k, v in r.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in skip and k != "kind"})
+    if selected in names:
+        names.remove(selected)
+        names.insert(0, selected)
+    series = {name: s for name in names if (s := _series(records, "eval", name))}
+    names = [n for n in names if n in series][:6]  # the first six: a figure people read, not a dump
+    if not names:
+        return None
+    fig = new_figure(8.0, 2.6 * len(names))
+    axes = fig.subplots(len(names), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, name in zip(axes, names):
+        steps, values = zip(*series[name])
+        ax.plot(steps, values, marker="o", color="tab:blue" if name == selected else "tab:gray")
+        if name == selected:
+            ax.set_title(f"{name} (selects the checkpoint)")
+        ax.set_ylabel(name)
+        ax.grid(True, alpha=0.3)
+    axes[-1].set_xlabel("Step")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     """Parse JSON objects one per line, skipping anything malformed (a run killed mid-write
     leaves a truncated last line, and that must not cost us the whole plot)."""

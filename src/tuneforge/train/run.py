@@ -52,17 +52,24 @@ def train(recipe: Recipe, *, resume: bool = False, overwrite: bool = False, prep
     ``on_evaluate(step, metrics)`` is called after every evaluation during training; an exception it
     raises stops the run there (the tuner's pruning).
     """
+    from tuneforge.tasks import spec_for
+    from tuneforge.train.session import library_log, quiet_libraries, start
+
+    quiet_libraries()
+    session = start(recipe, resume=resume, overwrite=overwrite)
+    with library_log(session.run_dir if session.is_main else None):
+        return _run(session, spec_for(recipe), prepared, on_evaluate)
+
+
+def _run(session, spec, prepared: Path | None, on_evaluate) -> TrainResult:
+    """``train``'s stages after the session: data, model, fit, final evaluation and export."""
     from accelerate.utils import set_seed
 
     from tuneforge.data.prepare import encode_cached
     from tuneforge.models.build import build
-    from tuneforge.tasks import spec_for
     from tuneforge.train.fit import examples_per_s, fit
-    from tuneforge.train.session import quiet_libraries, start
 
-    quiet_libraries()
-    session = start(recipe, resume=resume, overwrite=overwrite)
-    spec = spec_for(recipe)
+    recipe = session.recipe
     data = _prepare_data(session, spec, prepared)
     set_seed(recipe.seed)
     built = build(recipe, spec, data.label_names, run_dir=session.run_dir, device_type=session.device_type,
@@ -142,7 +149,7 @@ def _final_model(session, spec, data, built, fitted):
 def _finish(session, spec, data, built, model, val_enc, fitted, result: TrainResult) -> TrainResult:
     """Main process: the best checkpoint scored on validation (and test), the loss plot, the export,
     result.json."""
-    from tuneforge.evaluate.plots import plot_loss_curves
+    from tuneforge.evaluate.plots import plot_loss_curves, plot_metric_curves
     from tuneforge.evaluate.stage import Split, evaluate
     from tuneforge.models.best import load_best
 
@@ -161,6 +168,7 @@ def _finish(session, spec, data, built, model, val_enc, fitted, result: TrainRes
     if data.records["test"]:
         result.test_metrics = _score_test(model, spec, data, built, recipe, extra, step, common)
     plot_loss_curves(fitted.metrics_file, run_dir / "loss.png")
+    plot_metric_curves(fitted.metrics_file, run_dir / "metrics.png", selected=recipe.train.metric_for_best)
     if recipe.export.enabled:
         from tuneforge.export.stage import describe, export_model
 

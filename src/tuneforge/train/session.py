@@ -8,6 +8,7 @@ the resolved recipe into it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -85,6 +86,44 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+
+
+#: libraries whose log lines (load reports, "Removed shared tensor ... while saving", kernel-loader notes) go
+#: to the run's library.log instead of the console
+LIBRARY_LOGGERS = ("transformers", "accelerate", "peft", "datasets", "bitsandbytes", "torchao", "kernels",
+                   "safetensors", "py.warnings")
+
+
+@contextlib.contextmanager
+def library_log(run_dir: Path | None):
+    """For the duration of a run: library loggers and Python warnings (deprecations, "should be OK" notes) go
+    to ``<run_dir>/library.log``, not the console, where tuneforge's own lines stay readable. None (the
+    other processes of a distributed run): unchanged. Everything is restored afterwards."""
+    import logging
+
+    if run_dir is None:
+        yield
+        return
+    handler = logging.FileHandler(Path(run_dir) / "library.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved = {}
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        saved[name] = (logger.handlers[:], logger.propagate, logger.level)
+        logger.handlers, logger.propagate = [handler], False
+        if logger.level == logging.NOTSET or logger.level > logging.WARNING:
+            logger.setLevel(logging.WARNING)
+    capturing = logging.captureWarnings
+    capturing(True)
+    try:
+        yield
+    finally:
+        capturing(False)
+        for name, (handlers, propagate, level) in saved.items():
+            logger = logging.getLogger(name)
+            logger.handlers, logger.propagate = handlers, propagate
+            logger.setLevel(level)
+        handler.close()
 
 
 def _prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, is_main: bool) -> bool:
