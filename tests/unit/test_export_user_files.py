@@ -105,3 +105,21 @@ def test_library_noise_goes_to_the_run_log_not_the_console(tmp_path, capsys):
     assert logging.getLogger("accelerate").handlers == before  # restored after the run
     logging.getLogger("accelerate.utils.other").warning("after the run")
     assert "after the run" not in (tmp_path / "library.log").read_text()
+
+
+def test_generated_outputs_are_saved_per_example_with_their_scores(make_recipe, tiny_llama_dir, tmp_path):
+    import random
+
+    from tests.unit.test_task_causal_lm import _alpaca, _recipe
+    from tuneforge.train.run import train
+
+    rng = random.Random(0)
+    recipe = _recipe(make_recipe, tiny_llama_dir, _alpaca(tmp_path / "t.json", 24, rng),
+                     _alpaca(tmp_path / "d.json", 6, rng), "train.epochs=1", "export.enabled=false")
+    result = train(recipe)
+    rows = [json.loads(line) for line in (result.run_dir / "eval" / "generations.jsonl").read_text().splitlines()]
+    assert len(rows) == 6  # every validation conversation (eval_examples 8 > 6)
+    assert {"prompt", "reference", "prediction", "reference_number", "predicted_number", "correct"} <= set(rows[0])
+    accuracy = json.loads((result.run_dir / "eval" / "eval.json").read_text())
+    assert "generations" not in accuracy
+    assert accuracy["final_number_accuracy"] == 100.0 * sum(r["correct"] for r in rows) / len(rows)

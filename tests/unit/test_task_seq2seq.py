@@ -163,7 +163,7 @@ def test_generate_metrics_prefixes_limits_and_seeds_sampling(tmp_path, monkeypat
 
     seen = {}
 
-    def fake_generate(model, tokenizer, prompts, cfg):
+    def fake_generate(model, tokenizer, prompts, cfg, progress=None):
         seen.update(prompts=list(prompts), seed=cfg.seed)
         return ["small night", "cold"]  # the first is right, the second half right
 

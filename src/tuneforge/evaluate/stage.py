@@ -58,13 +58,30 @@ def evaluate(model, split: Split, spec, *, recipe, tokenizer, out_dir: Path, tit
         return out, preds
 
     metrics, preds = score(model)
+    generations = metrics.pop(GENERATIONS_KEY, None)
     if hooks and spec.after_evaluation is not None:
         spec.after_evaluation(FinalEvaluation(
             recipe=recipe, model=model, tokenizer=tokenizer, metrics=metrics, out_dir=Path(out_dir),
-            score=lambda m: score(m)[0], load_base=load_base or _no_base, say=say))
+            score=lambda m: {k: v for k, v in score(m)[0].items() if k != GENERATIONS_KEY},
+            load_base=load_base or _no_base, say=say))
     metrics.update(fields or {})
     write_eval_report(metrics, out_dir, title=title, extra=extra)
+    if generations is not None:
+        write_generations(Path(out_dir) / "generations.jsonl", generations)
     return Report(metrics=metrics, predictions=preds, out_dir=Path(out_dir))
+
+
+#: the per-example records a task's ``generate_metrics`` may return (``tasks.metrics.examples``): written to
+#: ``<out_dir>/generations.jsonl``, kept out of eval.json
+GENERATIONS_KEY = "generations"
+
+
+def write_generations(path: Path, records: list[dict]) -> None:
+    import json
+
+    from tuneforge.atomic import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records))
 
 
 def _no_base():

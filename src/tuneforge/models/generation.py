@@ -77,25 +77,28 @@ class GenerationConfig(Section):
 
 def generate(
     model: Any, tokenizer: Any, prompts: Sequence[str], cfg: GenerationConfig, *, chat: bool = False,
-    system: str | None = None,
+    system: str | None = None, progress: str | None = None,
 ) -> list[str]:
     """Generate a continuation for each prompt; returns one string per prompt, in order.
 
     With ``chat=True`` each prompt becomes a user message (after a system message when ``system``
     is given) rendered with the tokenizer's chat template and ``add_generation_prompt=True``;
-    otherwise prompts are tokenized as they are, with the tokenizer's special tokens.
+    otherwise prompts are tokenized as they are, with the tokenizer's special tokens. ``progress``: a
+    label for a progress bar over the prompts (long evaluations), None for none.
     """
     if system is not None and not chat:
         raise ValueError("generate(system=...) needs chat=True: a system message only exists in a chat template")
     if chat:
         head = [{"role": "system", "content": system}] if system is not None else []
         return generate_from_messages(model, tokenizer, [[*head, {"role": "user", "content": p}] for p in prompts],
-                                      cfg)
-    return _generate_encoded(model, tokenizer, _tokenize(model, tokenizer, prompts, special_tokens=True), cfg)
+                                      cfg, progress=progress)
+    return _generate_encoded(model, tokenizer, _tokenize(model, tokenizer, prompts, special_tokens=True), cfg,
+                             progress)
 
 
 def generate_from_messages(
-    model: Any, tokenizer: Any, conversations: Sequence[Sequence[dict[str, str]]], cfg: GenerationConfig
+    model: Any, tokenizer: Any, conversations: Sequence[Sequence[dict[str, str]]], cfg: GenerationConfig, *,
+    progress: str | None = None,
 ) -> list[str]:
     """Generate the next assistant turn of each conversation (lists of ``{"role", "content"}`` messages)."""
     if conversations and not getattr(tokenizer, "chat_template", None):
@@ -111,7 +114,8 @@ def generate_from_messages(
     # tokenization would put a second BOS in front of every prompt.
     texts = [tokenizer.apply_chat_template(list(c), tokenize=False, add_generation_prompt=True)
              for c in conversations]
-    return _generate_encoded(model, tokenizer, _tokenize(model, tokenizer, texts, special_tokens=False), cfg)
+    return _generate_encoded(model, tokenizer, _tokenize(model, tokenizer, texts, special_tokens=False), cfg,
+                             progress)
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -134,7 +138,18 @@ def _tokenize(model: Any, tokenizer: Any, texts: Sequence[str], *, special_token
     return tokenizer(list(texts), add_special_tokens=special_tokens, truncation=truncate)["input_ids"]
 
 
-def _generate_encoded(model: Any, tokenizer: Any, encoded: list[list[int]], cfg: GenerationConfig) -> list[str]:
+def _generate_encoded(model: Any, tokenizer: Any, encoded: list[list[int]], cfg: GenerationConfig,
+                      progress: str | None = None) -> list[str]:
+    if progress is None or not encoded:
+        return _generate_batches(model, tokenizer, encoded, cfg, lambda n: None)
+    from tuneforge.console import progress_bar
+
+    with progress_bar(progress, len(encoded), unit="prompts", transient=True) as advance:
+        return _generate_batches(model, tokenizer, encoded, cfg, advance or (lambda n: None))
+
+
+def _generate_batches(model: Any, tokenizer: Any, encoded: list[list[int]], cfg: GenerationConfig,
+                      advance) -> list[str]:
     import torch
 
     empty = [i for i, ids in enumerate(encoded) if not ids]
@@ -160,6 +175,7 @@ def _generate_encoded(model: Any, tokenizer: Any, encoded: list[list[int]], cfg:
                 new = _windowed(model, ids, window, cfg, kwargs, tokenizer, device)
                 text = tokenizer.decode(new, skip_special_tokens=True)
                 outputs[i] = cut_at_stop(text, cfg.stop).strip()
+                advance(1)
         return [outputs[i] for i in range(len(encoded))]
     with _eval_mode(model), seeded(model, cfg.seed if cfg.do_sample else None), torch.inference_mode():
         for indices in _batches(encoded, cfg.batch_size, unpadded=not encoder_decoder and _ignores_positions(model)):
@@ -173,6 +189,7 @@ def _generate_encoded(model: Any, tokenizer: Any, encoded: list[list[int]], cfg:
             ids = model.generate(input_ids=input_ids, attention_mask=mask, stopping_criteria=stopping, **kwargs)
             texts = tokenizer.batch_decode(ids[:, offset:], skip_special_tokens=True)
             outputs.update((i, cut_at_stop(t, cfg.stop).strip()) for i, t in zip(indices, texts))
+            advance(len(indices))
     return [outputs[i] for i in range(len(encoded))]
 
 

@@ -133,6 +133,7 @@ def generate_metrics(model, tokenizer, records: list[dict], recipe) -> dict:
     """Generate the last assistant turn of validation conversations and score it."""
     from tuneforge.tasks.metrics.task_metrics import final_number_accuracy, generation_metrics
     from tuneforge.models.generation import generate_from_messages
+    from tuneforge.tasks.metrics.examples import generation_records
 
     cfg = recipe.causal_lm
     if cfg.eval_metric == "none":
@@ -150,10 +151,14 @@ def generate_metrics(model, tokenizer, records: list[dict], recipe) -> dict:
         return {}
     tok = copy.copy(tokenizer)  # generation must use the template training used, without touching the caller's
     tok.chat_template = _template(tokenizer, recipe, [_ChatRow()])
-    predictions = generate_from_messages(model, tok, prompts, cfg.generation)
+    predictions = generate_from_messages(model, tok, prompts, cfg.generation,
+                                         progress=f"generating {len(prompts)} validation replies")
     if cfg.eval_metric == "final_number":
-        return final_number_accuracy(predictions, [r if isinstance(r, str) else r[0] for r in references])
-    return generation_metrics(predictions, references)
+        out = final_number_accuracy(predictions, [r if isinstance(r, str) else r[0] for r in references])
+    else:
+        out = generation_metrics(predictions, references)
+    out["generations"] = generation_records(prompts, references, predictions, cfg.eval_metric)
+    return out
 
 
 def sample_texts(model, tokenizer, recipe) -> list[dict]:

@@ -92,6 +92,7 @@ def generate_metrics(model: Any, tokenizer: Any, records: list[dict], recipe: An
     """Generate outputs for the validation ``records`` and score them (BLEU, chrF, ROUGE-1/2/L, 0-100)."""
     from tuneforge.tasks.metrics.task_metrics import generation_metrics
     from tuneforge.models.generation import generate
+    from tuneforge.tasks.metrics.examples import generation_records
 
     cfg = recipe.seq2seq
     if cfg.eval_generation_examples is not None:
@@ -101,12 +102,14 @@ def generate_metrics(model: Any, tokenizer: Any, records: list[dict], recipe: An
         # Unseeded sampling would score different outputs at every evaluation: the best checkpoint
         # would be picked partly by luck.
         gen = gen.model_copy(update={"seed": recipe.seed})
-    outputs = generate(model, tokenizer, [cfg.source_prefix + r["source"] for r in records], gen)
+    outputs = generate(model, tokenizer, [cfg.source_prefix + r["source"] for r in records], gen,
+                       progress=f"generating {len(records)} validation outputs")
     references = [r.get("references") or r["target"] for r in records]  # several references when the data has them
     out = generation_metrics(outputs, references)
     out["generated_examples"] = len(outputs)
     out["samples"] = [{"source": r["source"], "reference": ref, "prediction": pred}
                       for r, ref, pred in zip(records[:SAMPLE_OUTPUTS], references, outputs)]
+    out["generations"] = generation_records([r["source"] for r in records], references, outputs, "text")
     return out
 
 
