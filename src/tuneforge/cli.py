@@ -75,12 +75,34 @@ def _require_data(cfg, recipe: Path, where: str = "") -> None:
 
 @app.command()
 def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."), overrides: Optional[List[str]] = OVERRIDES,
-             explain: bool = typer.Option(False, "--explain", help="Also list every key with its default.")):
-    """Check a recipe (keys, types, cross-field rules, data files exist) without running anything."""
+             explain: bool = typer.Option(False, "--explain", help="Also list every key with its default (list "
+                                          "items as data.sources[].path).")):
+    """Check a recipe (keys, types, cross-field rules; data files exist, their format can be told and their
+    first rows have the columns the recipe names) without running anything."""
     def body():
         from tuneforge.config_io import read_yaml
         from tuneforge.recipe import describe_fields
         from tuneforge.stages import load_stages, plan
+
+        checked: set[str] = set()
+
+        def check_data(cfg, where: str = "") -> None:
+            """The first rows of every data source, read as the data stage reads them (once per data section)."""
+            import json
+
+            from tuneforge.data.check import check_sources
+            from tuneforge.errors import DataError
+            from tuneforge.tasks import spec_for
+
+            labels = spec_for(cfg).labels
+            key = json.dumps([cfg.data.model_dump(mode="json"), labels], sort_keys=True)
+            if key in checked:
+                return
+            checked.add(key)
+            try:
+                check_sources(cfg.data, labels=labels)
+            except DataError as exc:
+                raise DataError(f"{where}{exc}") from None
 
         parsed = read_yaml(recipe)  # once: the kind of recipe and the recipe itself
         if "search" in parsed:
@@ -97,12 +119,14 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."), overr
             runs = plan(load_stages(recipe, overrides or [], parsed=parsed))
             for r in runs:
                 _require_data(r.recipe, recipe, f"stage {r.label}: ")
+                check_data(r.recipe, f"stage {r.label}: ")
                 print(f"{recipe}: stage {r.label}: task {r.recipe.task}, model from {r.model_from} "
                       f"-> {r.recipe.run_dir}")
             print(f"{recipe}: valid ({len(runs)} stage runs)")
             return
         cfg = _load(recipe, overrides, parsed)
         _require_data(cfg, recipe)
+        check_data(cfg)
         print(f"{recipe}: valid (run directory {cfg.run_dir})")
         if explain:
             for key, default, desc in describe_fields():
@@ -191,8 +215,9 @@ def train_cmd(recipe: Path = typer.Argument(..., help="Recipe YAML file."), over
 
 @app.command()
 def prepare(recipe: Path = typer.Argument(..., help="Recipe YAML file."), overrides: Optional[List[str]] = OVERRIDES,
-            preview: int = typer.Option(0, "--preview", min=0, help="Print N formatted training examples "
-                                        "(chat rows: the trained span marked), after preparing.")):
+            preview: int = typer.Option(0, "--preview", min=0, help="After preparing, print the first N training "
+                                        "rows as the task encodes them for training (causal LM: the trained "
+                                        "tokens marked; classification: text and label; NER: words and tags).")):
     """Run the data stage only: read, clean, deduplicate, split, decontaminate, augment, report."""
     def body():
         from tuneforge.data.prepare import prepare_task_data
@@ -201,13 +226,14 @@ def prepare(recipe: Path = typer.Argument(..., help="Recipe YAML file."), overri
         cfg = _load(recipe, overrides)
         _require_data(cfg, recipe)
         out = cfg.run_dir / "data"
+        spec = spec_for(cfg)
         with _row_counter("preparing data") as tick:
-            prepared = prepare_task_data(cfg.data, cfg.seed, out, spec_for(cfg), progress=tick)
+            prepared = prepare_task_data(cfg.data, cfg.seed, out, spec, progress=tick)
         _print_data_summary(prepared, out)
         if preview:
             from tuneforge.data.preview_command import print_preview
 
-            print_preview(cfg, prepared, preview)
+            print_preview(cfg, prepared, preview, spec)  # the task's own encoding, the one training uses
     _guard(body)
 
 

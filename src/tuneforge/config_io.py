@@ -35,28 +35,61 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Return a copy of ``data`` with each override set; intermediate sections are created as needed."""
+    """Return a copy of ``data`` with each override set; intermediate sections are created as needed, and a
+    number addresses an item of a list (``data.sources.0.path=other.csv``)."""
     import copy
 
     out = copy.deepcopy(data)
     for text in overrides:
-        set_key(out, *parse_override(text))
+        try:
+            set_key(out, *parse_override(text))
+        except RecipeError as exc:
+            if str(exc).startswith("override "):
+                raise
+            raise RecipeError(f"override {text.strip()!r}: {exc}") from None
     return out
 
 
 def set_key(data: dict, parts: list[str], value: Any) -> None:
     """Set ``data[parts[0]][parts[1]]...`` to ``value`` in place; missing sections are created, and a number
-    indexes a list (data.sources.0.weight)."""
+    indexes a list (data.sources.0.weight). An index past the end of a list (an absent list has no items), or
+    a name where a list needs an index, is a RecipeError naming the list and its length."""
     node: Any = data
-    for part in parts[:-1]:
-        if part.isdigit() and isinstance(node, list):
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            node = _list_item(node, parts, depth)
+            if last:
+                node[int(part)] = value
+                return
+            if not isinstance(node[int(part)], (dict, list)):
+                node[int(part)] = {}
             node = node[int(part)]
             continue
-        if not isinstance(node.get(part), dict):
+        if last:
+            node[part] = value
+            return
+        if node.get(part) is None and parts[depth + 1].isdigit():
+            where = ".".join(parts[:depth + 1])
+            raise RecipeError(f"{where} is not set, so it has no item {int(parts[depth + 1])}: set the whole list "
+                              f"(e.g. {where}=[...])")
+        if not isinstance(node.get(part), (dict, list)):
             # e.g. `freeze: none` overridden with freeze.first_n_layers=2: the scalar becomes a section.
             node[part] = {}
         node = node[part]
-    node[parts[-1]] = value
+
+
+def _list_item(items: list, parts: list[str], depth: int) -> list:
+    """``items`` when ``parts[depth]`` is an index into it, else a RecipeError saying what the list holds."""
+    where, part = ".".join(parts[:depth]), parts[depth]
+    held = f"{len(items)} item{'s' if len(items) != 1 else ''}" if items else "no items"
+    if not part.isdigit():
+        example = ".".join([*parts[:depth], "0", *parts[depth:]])
+        raise RecipeError(f"{where} is a list ({held}): address an item by its index, e.g. {example}")
+    if int(part) >= len(items):
+        indices = "" if not items else " (index 0)" if len(items) == 1 else f" (indices 0 to {len(items) - 1})"
+        raise RecipeError(f"index {int(part)} is past the end of {where}, which has {held}{indices}")
+    return items
 
 
 def data_hint(path: str | Path) -> str | None:

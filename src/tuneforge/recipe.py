@@ -130,7 +130,22 @@ class DataSection(Section):
     label_names: list[str] | None = Field(
         None,
         description="Class names in index order, e.g. [negative, positive]. Labels in the data may be these "
-        "names or their integer indices. Default: inferred from the training rows.",
+        "names or their 0-based integer indices (0 = the first name; see label_offset). Default: inferred from "
+        "the training rows.",
+    )
+    label_offset: int = Field(
+        0, ge=0, description="Subtracted from integer class labels before they index label_names: 1 for a 1-based "
+        "class column (1..4 for 4 names, AG News). Integer labels that never include 0 and go up to the number "
+        "of names are refused while this is 0."
+    )
+    has_header: bool = Field(
+        True, description="CSV/TSV train/validation/test_file: the first line names the columns. false: every line "
+        "is data; the columns are column_names, or \"0\", \"1\", ... by position (text_column: \"0\"). Each "
+        "data.sources entry has its own has_header."
+    )
+    column_names: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, min_length=1, description="With has_header: false: a name per column of the CSV/TSV, in order, e.g. "
+        "[sentence, label]; text_column and label_column then name two of them."
     )
     label_separator: str = Field(
         ",", min_length=1, description="Multi-label classification: the separator of several labels written in "
@@ -171,6 +186,24 @@ class DataSection(Section):
                 raise ValueError("data.label_names needs at least 2 classes")
             if len(set(self.label_names)) != len(self.label_names):
                 raise ValueError(f"data.label_names has duplicates: {self.label_names}")
+        elif self.label_offset:
+            raise ValueError("data.label_offset needs data.label_names: it shifts integer labels that index those "
+                             "names (label_offset: 1 reads 1 as the first name)")
+        if self.column_names is not None:
+            if self.has_header:
+                raise ValueError("data.column_names names the columns of a file without a header row: set "
+                                 "data.has_header: false as well (a file with a header row takes its column names "
+                                 "from it)")
+            dupes = sorted({n for n in self.column_names if self.column_names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"data.column_names has duplicates: {', '.join(dupes)}")
+        # compared with the defaults, not "was it set": a resolved recipe (every default written out) validates again
+        header_keys = [k for k, on in (("has_header", not self.has_header), ("column_names", self.column_names is not None))
+                       if on]
+        if header_keys and self.train_file is None and not any(
+                isinstance(f, Path) for f in (self.validation_file, self.test_file)):
+            raise ValueError(f"data.{header_keys[0]} applies to train_file, validation_file and test_file given as "
+                             "paths; with data.sources set it in each entry instead")
         for given, fraction in (("validation_file", "validation_fraction"), ("test_file", "test_fraction")):
             if getattr(self, given) is not None and fraction in self.split.model_fields_set:
                 raise ValueError(f"data.split.{fraction} is only used without data.{given}; remove one")
@@ -211,7 +244,7 @@ class DataSection(Section):
                 if given is not None}
 
 
-_COLUMNS = ("text_column", "label_column", "target_column", "tags_column")
+_COLUMNS = ("text_column", "label_column", "target_column", "tags_column", "has_header", "column_names")
 
 
 class FirstNLayers(Section):
@@ -455,15 +488,39 @@ def recipe_to_yaml(recipe: Recipe) -> str:
     return yaml.safe_dump(resolved_dict(recipe), sort_keys=False)
 
 
-def describe_fields(model: type[BaseModel] = Recipe, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key path, default, description) for every field, recursively; used by the docs and `validate --explain`."""
+def describe_fields(model: type[BaseModel] = Recipe, prefix: str = "", _seen: tuple = ()) -> list[tuple[str, str, str]]:
+    """(key path, default, description) for every field, recursively; used by the docs and `validate --explain`.
+
+    A section is described key by key (``train.learning_rate``); a field that may also be a section (a union
+    such as ``freeze`` or ``data.validation_file``) is listed itself, then the section's keys
+    (``freeze.first_n_layers``); a list of sections is listed, then its items' keys as ``data.sources[].path``,
+    and a mapping of sections as ``key.<name>.field``."""
+    import typing
+
+    def sections(annotation: Any, path: str) -> list[tuple[str, type[BaseModel]]]:
+        """(key path, section) of every section ``annotation`` holds: itself, a union member, list items."""
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return [(path, annotation)]
+        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+        if origin is Annotated:
+            return sections(args[0], path)
+        if origin in (list, tuple, set, frozenset):
+            return [found for arg in args if arg is not Ellipsis for found in sections(arg, path + "[]")]
+        if origin is dict and len(args) == 2:
+            return sections(args[1], path + ".<name>")
+        return [found for arg in args for found in sections(arg, path)]  # unions (and Optional)
+
     rows: list[tuple[str, str, str]] = []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
-            rows.extend(describe_fields(ann, key + "."))
+            if ann not in _seen:
+                rows.extend(describe_fields(ann, key + ".", _seen + (model,)))
             continue
         default: Any = "required" if field.is_required() else field.get_default(call_default_factory=True)
         rows.append((key, str(default), field.description or ""))
-    return rows
+        for path, section in sections(ann, key):
+            if section not in _seen + (model,):
+                rows.extend(describe_fields(section, path + ".", _seen + (model,)))
+    return list({row[0]: row for row in rows}.values())  # a key two union members share: listed once

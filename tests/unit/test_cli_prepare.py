@@ -195,7 +195,8 @@ COUNTS = re.compile(r"^-- (.+):(\d+): (\d+) tokens, (\d+) trained \(\d+\.\d%\)$"
 def test_preview_marks_the_assistant_reply_of_chat_rows(tmp_path, tiny_model_dir):
     train = chat_file(tmp_path, "sharegpt")
     recipe = write_recipe(tmp_path, train, model=str(tiny_model_dir))
-    result = prepare(recipe, "data.formatting.template=chatml", "--preview", "2")
+    # chat rows are causal-LM data: the preview shows what that task trains on
+    result = prepare(recipe, "task=causal_lm", "data.formatting.template=chatml", "--preview", "2")
     assert result.exit_code == 0, result.output
     counts = COUNTS.findall(result.output)
     assert len(counts) == 2, result.output
@@ -215,7 +216,7 @@ def test_preview_marks_the_assistant_reply_of_chat_rows(tmp_path, tiny_model_dir
 
 def test_preview_of_chat_rows_without_a_template_is_a_clear_error(tmp_path, tiny_model_dir):
     train = chat_file(tmp_path, "messages")
-    result = prepare(write_recipe(tmp_path, train, model=str(tiny_model_dir)), "--preview", "1")
+    result = prepare(write_recipe(tmp_path, train, model=str(tiny_model_dir)), "task=causal_lm", "--preview", "1")
     assert result.exit_code == 2
     assert "error: data.formatting.template: the tokenizer" in result.output
     assert "has no chat template of its own; set data.formatting.template to one of: chatml, llama3, zephyr, " \

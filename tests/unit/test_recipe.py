@@ -166,7 +166,7 @@ def test_unknown_key_inside_a_list_of_sources(tmp_path):
     path.write_text("name: r\ndata:\n  sources:\n    - path: a.csv\n      formt: csv\n")
     with pytest.raises(RecipeError) as err:
         load_recipe(path)
-    assert "data.sources.0.formt: unknown key (did you mean 'format'?); allowed keys here: conll_tag_column" in str(err.value)
+    assert "data.sources.0.formt: unknown key (did you mean 'format'?); allowed keys here: column_names, conll_tag_column" in str(err.value)
 
 
 @pytest.mark.parametrize("data,message", [

@@ -11,24 +11,30 @@ import math
 from collections import Counter
 from dataclasses import replace
 
-from tuneforge.data.readers import _label_key, _label_matcher, infer_label_names
+from tuneforge.data.readers import (IndexLabels, _label_key, _label_matcher, infer_label_names, one_based_problem,
+                                    unknown_label)
 from tuneforge.data.records import Row
+from tuneforge.errors import DataError
 
 
 class ClassLabels:
     """Label validation and canonicalisation for classification rows.
 
-    With ``label_names`` configured, a label may be a name or its index (``0``/``1`` for
-    [negative, positive]) and is rewritten to the name; otherwise names are inferred from the
-    training rows after the first pass, exactly like the single-file reader does.
+    With ``label_names`` configured, a label may be a name or its 0-based index (``0``/``1`` for
+    [negative, positive]; with ``offset`` (``data.label_offset``) the index plus ``offset``) and is
+    rewritten to the name; otherwise names are inferred from the training rows after the first pass,
+    exactly like the single-file reader does. ``finish()`` refuses integer labels that look 1-based
+    (see ``one_based_problem``).
     """
 
     kind = "text"
 
-    def __init__(self, names: list[str] | None):
+    def __init__(self, names: list[str] | None, offset: int = 0):
         self.names = list(names) if names is not None else None
-        self._match = _label_matcher(self.names) if self.names is not None else None
+        self.offset = offset
+        self._match = _label_matcher(self.names, offset) if self.names is not None else None
         self.seen: Counter = Counter()
+        self.indices = IndexLabels(self.names)
 
     def check(self, row: Row) -> Row | str:
         raw = row.data.get("label")
@@ -42,17 +48,22 @@ class ClassLabels:
         if self._match is None:
             self.seen[key] += 1
             return replace(row, data={**row.data, "label": key})
+        self.indices.add(key)
         index = self._match(key)
         if index is None:
-            return f"unknown label '{key}' (allowed: {', '.join(self.names)})"
+            return unknown_label(key, self.names, self.offset)
         return replace(row, data={**row.data, "label": self.names[index]})
 
     def finish(self) -> list[str]:
+        """The label names, once the training rows have been checked; a ``DataError`` when their
+        integer labels look 1-based."""
         if self.names is None:
             self.names = infer_label_names(self.seen)
             self._match = _label_matcher(self.names)
+        problem = one_based_problem(self.names, self.indices, self.offset)
+        if problem:
+            raise DataError(problem)
         return self.names
-
 
 
 class ValueLabels:
@@ -142,11 +153,13 @@ class MultiLabels:
 
     kind = "text"
 
-    def __init__(self, names: list[str] | None, separator: str = ","):
+    def __init__(self, names: list[str] | None, separator: str = ",", offset: int = 0):
         self.names = list(names) if names is not None else None
-        self._match = _label_matcher(self.names) if self.names is not None else None
+        self.offset = offset
+        self._match = _label_matcher(self.names, offset) if self.names is not None else None
         self.separator = separator
         self.seen: Counter = Counter()
+        self.indices = IndexLabels(self.names)
 
     def check(self, row: Row) -> Row | str:
         raw = row.data.get("label")
@@ -164,9 +177,10 @@ class MultiLabels:
             return replace(row, data={**row.data, "label": sorted(set(keys))})
         names = set()
         for key in keys:
+            self.indices.add(key)
             index = self._match(key)
             if index is None:
-                return f"unknown label '{key}' (allowed: {', '.join(self.names)})"
+                return unknown_label(key, self.names, self.offset)
             names.add(self.names[index])
         return replace(row, data={**row.data, "label": sorted(names, key=self.names.index)})
 
@@ -174,20 +188,25 @@ class MultiLabels:
         if self.names is None:
             self.names = infer_label_names(self.seen)
             self._match = _label_matcher(self.names)
+        problem = one_based_problem(self.names, self.indices, self.offset)
+        if problem:
+            raise DataError(problem)
         return self.names
 
 
 LabelChecker = ClassLabels | ValueLabels | TagLabels | MultiLabels | QALabels
 
 
-def label_checker(mode: str | None, names: list[str] | None, separator: str = ",") -> LabelChecker | None:
-    """The checker for a task's label mode ("class", "value", "tags", "qa"), or None for unlabelled data."""
+def label_checker(mode: str | None, names: list[str] | None, separator: str = ",",
+                  offset: int = 0) -> LabelChecker | None:
+    """The checker for a task's label mode ("class", "multi", "value", "tags", "qa"), or None for unlabelled
+    data. ``offset`` (``data.label_offset``) applies to class labels only."""
     if mode is None or mode == "none":
         return None
     if mode == "class":
-        return ClassLabels(names)
+        return ClassLabels(names, offset)
     if mode == "multi":
-        return MultiLabels(names, separator)
+        return MultiLabels(names, separator, offset)
     if mode == "value":
         return ValueLabels()
     if mode == "tags":

@@ -110,10 +110,12 @@ def _prepare_into(work: Path, out_dir: Path, data_cfg, *, seed: int, base_dir: P
     """``prepare_dataset``'s body: files go to ``work`` (the staged folder), messages name ``out_dir``."""
     report = DataReport()
     rejects = _RejectWriter(work / "rejected.jsonl", report)
-    checker = label_checker(labels, data_cfg.label_names, data_cfg.label_separator)
+    checker = label_checker(labels, data_cfg.label_names, data_cfg.label_separator,
+                            getattr(data_cfg, "label_offset", 0))
     cleaner = Cleaner(data_cfg.clean)
     read_counts: dict[str, Counter] = {}
     try:
+        _check_class_sources(data_cfg, labels)
         # ---- pass 1: read, validate labels, clean, dedup; spill kept training rows to disk
         spill = work / ".kept.jsonl"
         split_labels: list[Any] = []  # per kept row, for stratification
@@ -121,7 +123,7 @@ def _prepare_into(work: Path, out_dir: Path, data_cfg, *, seed: int, base_dir: P
         duplicates: list[dict] = []
         with report.timed("read+clean+dedup"), open(spill, "w", encoding="utf-8") as fh:
             stream = _clean_stream(data_cfg.training_sources(), base_dir, cleaner, checker, rejects, report,
-                                   read_counts, progress)
+                                   read_counts, progress, data_cfg.label_names)
             for item in deduplicate(stream, data_cfg.dedup, workdir=work):
                 if isinstance(item, Duplicate):
                     rejects.write(item.rejected(), "dedup", "")
@@ -130,19 +132,21 @@ def _prepare_into(work: Path, out_dir: Path, data_cfg, *, seed: int, base_dir: P
                 fh.write(dump_row(item) + "\n")
                 split_labels.append(row_label(item) if labels == "class" else None)
                 groups.append(item.data.get("group"))
+        # Label names are settled by the training rows alone: an evaluation label never seen in
+        # training is rejected, not silently turned into a class the model cannot learn. Settled
+        # before the reject count: 1-based class indices are refused here with their own message,
+        # not as the rows they would reject.
+        names = checker.finish() if checker is not None else None
         _check_rejected(read_counts, data_cfg.max_rejected_fraction, rejects)
         if not split_labels:
             raise DataError("no usable training rows: every row was rejected or removed "
                             f"(see {out_dir / 'rejected.jsonl'})")
 
-        # Label names are settled by the training rows alone: an evaluation label never seen in
-        # training is rejected, not silently turned into a class the model cannot learn.
-        names = checker.finish() if checker is not None else None
-
         # ---- evaluation files (cleaned like training rows, never deduplicated against them)
         given = {}
         for split, source in data_cfg.evaluation_sources().items():
-            rows = list(_clean_stream([source], base_dir, cleaner, checker, rejects, report, read_counts, None))
+            rows = list(_clean_stream([source], base_dir, cleaner, checker, rejects, report, read_counts, None,
+                                      data_cfg.label_names))
             if not rows:
                 raise DataError(f"no usable rows in the {split} file {source.path}")
             given[split] = rows
@@ -239,13 +243,33 @@ def _snippet(row: Row) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+def _check_class_sources(data_cfg, labels: str | None) -> None:
+    """A source's ``label``, ``format: class_folders`` and ``data.label_offset`` give or read class labels:
+    a task without classes (regression, NER, language modelling) would drop or misread them."""
+    if labels in ("class", "multi"):
+        return
+    kind = labels or "none"
+    if getattr(data_cfg, "label_offset", 0):
+        raise DataError(f"data.label_offset only applies to classification labels (this task's labels: {kind}); "
+                        "remove it")
+    sources = list(data_cfg.training_sources()) + list(data_cfg.evaluation_sources().values())
+    for source in sources:
+        if source.label is not None:
+            raise DataError(f"source {source_name(source)}: label '{source.label}' only applies to classification "
+                            f"data (this task's labels: {kind}); remove label")
+        if source.format == "class_folders":
+            raise DataError(f"source {source_name(source)}: format class_folders labels each file with its "
+                            f"subfolder's name, which only classification uses (this task's labels: {kind}); "
+                            "use format text_files for unlabelled text")
+
+
 def _clean_stream(sources: Sequence[SourceConfig], base_dir: Path | None, cleaner: Cleaner, labels: LabelChecker | None,
                   rejects: _RejectWriter, report: DataReport, read_counts: dict[str, Counter],
-                  progress) -> Iterator[Row]:
+                  progress, label_names: list[str] | None = None) -> Iterator[Row]:
     for source in sources:
         name = source_name(source)
         counts = read_counts.setdefault(name, Counter())
-        for item in iter_source(source, base_dir):
+        for item in iter_source(source, base_dir, label_names):
             counts["read"] += 1
             if progress is not None:
                 progress()

@@ -6,7 +6,8 @@ spending GPU hours, that exactly the assistant replies (and their end-of-turn to
 and that the template looks like what the model will be prompted with.
 
 The text is *decoded from the token ids*, not taken from the source row, so what is shown is what
-was tokenised, special tokens included.
+was tokenised, special tokens included. ``render_encoded`` does the same for any task's encoded
+example (``TaskSpec.encode``): the preview shows what training encodes, not a re-formatting of rows.
 """
 
 from __future__ import annotations
@@ -78,3 +79,92 @@ def render_preview(example: FormattedExample, tokenizer: Any, *, color: bool) ->
     share = f" ({100 * trained / n:.1f}%)" if n else ""
     origin = f"{example.origin}: " if example.origin else ""
     return "".join(parts) + f"\n-- {origin}{n} tokens, {trained} trained{share}"
+
+
+# ----------------------------------------------------------------------------- encoded examples, any task
+
+
+def render_encoded(kind: str, record: dict, input_ids: list[int], labels: Any, tokenizer: Any, *,
+                   label_names: list[str] | None = None, word_ids: list | None = None,
+                   max_length: int | None = None, color: bool = False) -> str:
+    """One encoded example (a task's ``Encoded`` row of label kind ``kind``) as the preview prints it.
+
+    ``record`` is the prepared row it was encoded from (for the text of classification rows, the words of
+    token rows and the ``_origin``); everything about training comes from ``input_ids`` and ``labels``:
+    causal LM: the decoded tokens with the trained ones (labels != -100) marked (``render_preview``);
+    classification, multi-label, regression: the text and the label the loss sees; token classification:
+    each word with the tag its first sub-token is trained on; seq2seq: the decoded source and target;
+    extractive QA: the window and its answer span; masked LM: the decoded block. ``color``: rich markup.
+    """
+    from rich.markup import escape
+
+    def plain(text: str) -> str:
+        return escape(text) if color else text
+
+    def styled(text: str, style: str) -> str:
+        return f"[{style}]{escape(text)}[/{style}]" if color else text
+
+    origin = record.get("_origin", "")
+    names = list(label_names or [])
+    n = len(input_ids)
+    if kind == "causal":
+        return render_preview(FormattedExample(list(input_ids), list(labels), origin), tokenizer, color=color)
+    if kind in ("class", "multi", "value"):
+        if kind == "class":
+            what = f"label: {names[labels] if 0 <= labels < len(names) else labels}"
+        elif kind == "multi":
+            chosen = [name for name, hot in zip(names, labels) if hot]
+            what = f"labels: {', '.join(chosen) if chosen else '(none)'}"
+        else:
+            what = f"value: {labels:g}"
+        cut = f" (cut at model.max_length {max_length})" if max_length is not None and n >= max_length else ""
+        text = record.get("text", _decode(tokenizer, list(input_ids)))
+        return plain(str(text)) + "\n" + styled(f"-- {what}; {n} tokens{cut}", "bold")
+    if kind == "tokens":
+        return _render_tagged(record, labels, word_ids or [], names, n, plain, styled, origin)
+    if kind == "target":
+        target = [t for t in labels if t != IGNORE_INDEX]
+        return (plain(f"source: {_decode(tokenizer, list(input_ids))}") + "\n"
+                + styled(f"target: {_decode(tokenizer, target)}", "bold green") + "\n"
+                + plain(f"-- {origin}: {n} source tokens, {len(target)} target tokens trained"))
+    if kind == "span":
+        start, end = labels
+        if start == end == 0:
+            answer = styled("no answer in this window: trained to point at token 0", "bold")
+        else:
+            answer = styled(f"answer: {_decode(tokenizer, list(input_ids[start:end + 1]))}", "bold green")
+        return (plain(_decode(tokenizer, list(input_ids))) + "\n" + answer + "\n"
+                + plain(f"-- {origin}: {n} tokens, answer at tokens {start}-{end}"))
+    if kind == "mlm":
+        return (plain(_decode(tokenizer, list(input_ids))) + "\n"
+                + plain(f"-- {origin}: {n} tokens; the predicted (masked) positions are drawn when each batch is "
+                        "built"))
+    return plain(_decode(tokenizer, list(input_ids))) + "\n" + plain(f"-- {origin}: {n} tokens; labels: {labels!r}")
+
+
+def _render_tagged(record: dict, labels: list[int], word_ids: list, names: list[str], n: int, plain, styled,
+                   origin: str) -> str:
+    """Each word with the tag its first sub-token is trained on; words the encoding lost are listed apart."""
+    first: dict[int, int] = {}
+    for position, word in enumerate(word_ids):
+        if word is not None and word not in first:
+            first[word] = position
+    words = list(record.get("tokens") or [])
+    shown, cut = [], []
+    for index, word in enumerate(words):
+        position = first.get(index)
+        if position is None:
+            (cut if index > max(first, default=-1) else shown).append((word, None))
+            continue
+        label = labels[position]
+        shown.append((word, names[label] if label != IGNORE_INDEX and 0 <= label < len(names) else None))
+    parts = []
+    for word, tag in shown:
+        tag_text = tag if tag is not None else "-"
+        parts.append(plain(f"{word}/") + (styled(tag_text, "bold cyan") if tag not in (None, "O") else plain(tag_text)))
+    lines = [" ".join(parts)]
+    if cut:
+        lines.append(plain(f"(cut off by model.max_length, not trained: {' '.join(w for w, _ in cut)})"))
+    tagged = sum(1 for label in labels if label != IGNORE_INDEX)
+    lines.append(plain(f"-- {origin}: {len(words)} words, {n} tokens, {tagged} tagged"))
+    return "\n".join(lines)

@@ -21,6 +21,7 @@ import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,12 @@ from tuneforge.data.rejects import RejectedRow
 from tuneforge.errors import DataError
 
 SUPPORTED_FORMATS = ("csv", "tsv", "jsonl", "json", "parquet")
+#: Formats with a header row (``has_header``/``column_names`` apply to them).
+DELIMITED_FORMATS = ("csv", "tsv")
+COLUMN_NAMES_NEED_NO_HEADER = (
+    "column_names names the columns of a file without a header row: set has_header: false as well "
+    "(a file with a header row takes its column names from it)"
+)
 
 UNDECODABLE = "undecodable bytes (not valid UTF-8)"
 
@@ -85,15 +92,24 @@ def _open(path: Path, mode: str, **kwargs: Any):
         raise DataError(f"cannot read data file {path}: {exc.strerror or exc}") from exc
 
 
-def read_records(path: Path, fmt: str | None = None) -> Iterator[Triple]:
+def read_records(path: Path, fmt: str | None = None, *, has_header: bool = True,
+                 column_names: list[str] | None = None) -> Iterator[Triple]:
     """Yield ``(line, record, None)`` per good record and ``(line, None, reject)`` per bad one.
 
     The format and the file are checked *now*, so a wrong path fails at the call site; the records
     themselves are read lazily. A file with no records raises ``DataError`` once exhausted.
+    ``has_header=False`` (CSV/TSV only): the first line is data; the columns are ``column_names``,
+    or without them "0", "1", ... by position.
     """
     path = Path(path)
     name = detect_format(path, fmt)
+    if (not has_header or column_names is not None) and name not in DELIMITED_FORMATS:
+        raise DataError(f"has_header/column_names apply to csv and tsv files, not to {name} ({path})")
+    if column_names is not None and has_header:
+        raise DataError(COLUMN_NAMES_NEED_NO_HEADER)
     _check_file(path)
+    if name in DELIMITED_FORMATS:
+        return _read_delimited(path, "," if name == "csv" else "\t", has_header, column_names)
     return _readers[name](path)
 
 
@@ -102,9 +118,10 @@ TEXT_COLUMN_GUESSES = ("text", "sentence", "content", "review", "document", "inp
 LABEL_COLUMN_GUESSES = ("label", "labels", "class", "target")
 
 
-def first_columns(path: Path, fmt: str | None = None) -> list[str]:
+def first_columns(path: Path, fmt: str | None = None, *, has_header: bool = True,
+                  column_names: list[str] | None = None) -> list[str]:
     """The columns of the first readable record (the header of a CSV/TSV)."""
-    for _, record, _ in read_records(path, fmt):
+    for _, record, _ in read_records(path, fmt, has_header=has_header, column_names=column_names):
         if record is not None:
             return list(record)
     return []
@@ -124,8 +141,10 @@ def pick_column(columns: list[str], given: str | None, guesses: tuple[str, ...],
 # --------------------------------------------------------------------------------- CSV / TSV
 
 
-def _read_delimited(path: Path, delimiter: str) -> Iterator[Triple]:
-    """CSV/TSV via the csv module; the first non-blank row is the header.
+def _read_delimited(path: Path, delimiter: str, has_header: bool = True,
+                    column_names: list[str] | None = None) -> Iterator[Triple]:
+    """CSV/TSV via the csv module; the first non-blank row is the header (``has_header``), else
+    the columns are ``column_names`` or, without them, "0", "1", ... (as many as the first row has).
 
     surrogateescape keeps bad bytes in the text as lone surrogates instead of raising mid-file, so
     only the row that contains them is rejected. TSV is read with QUOTE_NONE because SST-2-style TSV
@@ -143,7 +162,7 @@ def _read_delimited(path: Path, delimiter: str) -> Iterator[Triple]:
 
         # The C reader pulls exactly the lines one record needs, so `consumed` is that record.
         reader = csv.reader(lines(), delimiter=delimiter, quoting=quoting, strict=False)
-        header: list[str] | None = None
+        header: list[str] | None = None if has_header or column_names is None else list(column_names)
         found = False
         start = 1  # line where the next record starts
         try:
@@ -153,11 +172,21 @@ def _read_delimited(path: Path, delimiter: str) -> Iterator[Triple]:
                 consumed.clear()
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue  # blank line
-                if header is None and not any(field.strip() for field in row):
-                    continue  # whitespace and separators before the header are layout, not a header
-                if header is None:
+                before_data = header is None if has_header else not found
+                if before_data and not any(field.strip() for field in row):
+                    continue  # whitespace and separators before the header (or first row) are layout
+                if header is None and has_header:
                     header = _parse_header(path, line, row)
                     continue
+                if not found and not has_header:
+                    if header is None:
+                        header = [str(index) for index in range(len(row))]
+                    elif len(row) != len(header):
+                        raise DataError(
+                            f"{path}: line {line}: column_names has {len(header)} names, but the line has "
+                            f"{len(row)} fields; give one name per column"
+                        )
+                assert header is not None
                 found = True
                 yield _delimited_row(path, line, raw, header, row)
         except csv.Error as exc:  # e.g. a field over csv.field_size_limit(); not recoverable
@@ -373,12 +402,14 @@ def infer_label_names(values: Iterable[Any]) -> list[str]:
     return sorted(keys)
 
 
-def _label_matcher(names: list[str]):
+def _label_matcher(names: list[str], offset: int = 0):
     """Return ``match(key) -> index | None`` for the given label names.
 
     Exact name match wins. Otherwise an integer label maps by *value* when the names themselves
     are integers (names ["1".."5"]: label 1 is "1", and 0 is unknown rather than silently "1"), and
     by *index* when they are words (names ["negative", "positive"]: 0/1 are indices).
+    With ``offset`` (``data.label_offset``) every integer label is an index less ``offset``, names
+    or not: with offset 1, label 1 is the first name.
     """
     by_name: dict[str, int] = {}
     for index, name in enumerate(names):
@@ -391,6 +422,10 @@ def _label_matcher(names: list[str]):
             by_value.setdefault(number, index)
 
     def match(key: str) -> int | None:
+        if offset:
+            number = _as_int(key)
+            if number is not None:
+                return number - offset if 0 <= number - offset < len(names) else None
         if key in by_name:
             return by_name[key]
         number = _as_int(key)
@@ -401,6 +436,95 @@ def _label_matcher(names: list[str]):
         return number if 0 <= number < len(names) else None
 
     return match
+
+
+def unknown_label(key: str, names: list[str], offset: int = 0) -> str:
+    """The reject reason of a label that is neither one of ``names`` nor a valid index."""
+    if offset:
+        return (f"unknown label '{key}' (allowed: {', '.join(names)}, or {offset}-{offset + len(names) - 1} "
+                f"with data.label_offset {offset})")
+    return f"unknown label '{key}' (allowed: {', '.join(names)})"
+
+
+class IndexLabels:
+    """The smallest and largest integer label used as an index into word label names (for
+    ``one_based_problem``). Labels that are names, and numeric names (matched by value), do not count."""
+
+    def __init__(self, names: list[str] | None):
+        self.names = set(names or ())
+        self.active = bool(names) and any(_as_int(name) is None for name in names)
+        self.low: int | None = None
+        self.high: int | None = None
+
+    def add(self, key: str) -> None:
+        number = _as_int(key) if self.active and key not in self.names else None
+        if number is not None:
+            self.low = number if self.low is None else min(self.low, number)
+            self.high = number if self.high is None else max(self.high, number)
+
+
+def one_based_problem(names: list[str], seen: IndexLabels, offset: int = 0) -> str | None:
+    """Why integer class labels that never include 0 and go up to ``len(names)`` must not be read as
+    0-based indices (a 1-based class column: every class shifts by one, the last is rejected)."""
+    if offset or seen.low is None or seen.low < 1 or seen.high != len(names):
+        return None
+    return (
+        f"the integer labels of the training data run from {seen.low} to {seen.high} and never include 0, but an "
+        f"integer label is a 0-based index into data.label_names (0 = '{names[0]}', {len(names) - 1} = "
+        f"'{names[-1]}'): every class would shift by one and label {seen.high} would be rejected. If 1 means "
+        f"'{names[0]}', set data.label_offset: 1; or write the class names in the file instead of numbers"
+    )
+
+
+# ------------------------------------------------------------------------------ headerless files
+
+#: Records past the header that ``headerless_hint`` compares the header with.
+HEADERLESS_SAMPLE = 50
+_NUMBER = re.compile(r"[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def headerless_hint(header: list[str], records: list[Record], *, label_names: Iterable[str] | None = None,
+                    text_column: str | None = "text", label_column: str | None = "label") -> str | None:
+    """Advice for a CSV/TSV whose header row reads like data, or None.
+
+    The header looks like data when one of its values is one of ``label_names``, is a number while
+    the values below it are numbers (or label names) too, or recurs as a value of its own column.
+    The advice suggests ``column_names`` built from ``text_column`` and ``label_column``.
+    """
+    names = {str(name) for name in label_names or ()}
+    for index, value in enumerate(header):
+        below = [str(record[value]).strip() for record in records if record.get(value) is not None]
+        if value in names:
+            reason = "one of data.label_names"
+        elif _NUMBER.fullmatch(value) and below and all(_NUMBER.fullmatch(v) or v in names for v in below):
+            reason = "a number like the rest of its column"
+        elif value and value in below:
+            reason = "a value that recurs in its column"
+        else:
+            continue
+        suggested = _suggested_names(header, records, index, text_column, label_column)
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return (
+            f"the file looks headerless: its first line holds '{shown}', {reason}, not a column name. "
+            f"If the first line is data, set has_header: false and column_names: [{', '.join(suggested)}] "
+            "(one name per column, in order) for this file (under data: for train_file, or in its "
+            "data.sources entry)"
+        )
+    return None
+
+
+def _suggested_names(header: list[str], records: list[Record], label_index: int, text_column: str | None,
+                     label_column: str | None) -> list[str]:
+    """A name per column: the label-like column gets ``label_column``, the column with the longest
+    values ``text_column``, the others ``column<N>``."""
+    def length(index: int) -> float:
+        values = [header[index]] + [str(r.get(header[index], "")) for r in records]
+        return sum(map(len, values)) / len(values)
+
+    others = [i for i in range(len(header)) if i != label_index]
+    text_index = max(others, key=length) if others else None
+    return [label_column or "label" if i == label_index else text_column or "text" if i == text_index
+            else f"column{i + 1}" for i in range(len(header))]
 
 
 # ------------------------------------------------------------------------ classification loading
@@ -425,23 +549,30 @@ def load_classification(
     label_column: str,
     label_names: list[str] | None,
     fmt: str | None = None,
+    has_header: bool = True,
+    column_names: list[str] | None = None,
+    label_offset: int = 0,
 ) -> ClassificationRows:
     """Read ``path`` and return texts with label indices; bad rows go to ``rejected``.
 
     ``label_names=None`` infers the names from this file (see ``infer_label_names``). Raises
-    ``DataError`` when a configured column exists in no record (a recipe mistake) or when no row at
-    all is usable.
+    ``DataError`` when a configured column exists in no record (a recipe mistake), when integer
+    labels look 1-based (``one_based_problem``) or when no row at all is usable.
     """
     path = Path(path)
     records: list[tuple[int, Record]] = []
     rejected: list[RejectedRow] = []
-    for line, record, reject in read_records(path, fmt):
+    for line, record, reject in read_records(path, fmt, has_header=has_header, column_names=column_names):
         if reject is not None:
             rejected.append(reject)
         else:
             records.append((line, record))
     if records:
-        _require_columns(path, [record for _, record in records], (text_column, label_column))
+        hint = None
+        if has_header and detect_format(path, fmt) in DELIMITED_FORMATS:
+            hint = partial(headerless_hint, list(records[0][1]), [r for _, r in records[:HEADERLESS_SAMPLE]],
+                           label_names=label_names, text_column=text_column, label_column=label_column)
+        _require_columns(path, [record for _, record in records], (text_column, label_column), hint)
 
     # Text checks first, so label inference only sees rows that could actually be kept.
     candidates: list[tuple[int, str, str, Record]] = []
@@ -455,12 +586,19 @@ def load_classification(
     names = list(label_names) if label_names is not None else infer_label_names(
         key for _, _, key, _ in candidates
     )
-    match = _label_matcher(names)
+    match = _label_matcher(names, label_offset if label_names is not None else 0)
+    if label_names is not None:
+        seen = IndexLabels(names)
+        for _, _, key, _ in candidates:
+            seen.add(key)
+        problem = one_based_problem(names, seen, label_offset)
+        if problem:
+            raise DataError(f"{path}: {problem}")
     rows = ClassificationRows([], [], [], [], names, 0)
     for line, text, key, record in candidates:
         index = match(key)
         if index is None:
-            reason = f"unknown label '{key}' (allowed: {', '.join(names)})"
+            reason = unknown_label(key, names, label_offset if label_names is not None else 0)
             rejected.append(_record_reject(path, line, reason, record))
             continue
         rows.texts.append(text)
@@ -478,16 +616,19 @@ def load_classification(
     return rows
 
 
-def _require_columns(path: Path, records: list[Record], columns: Iterable[str]) -> None:
+def _require_columns(path: Path, records: list[Record], columns: Iterable[str], hint=None) -> None:
     """A column that no record has is a configuration mistake, not a bad row: say which columns
-    do exist so the user can fix text_column/label_column."""
+    do exist so the user can fix text_column/label_column (or, when ``hint()`` finds the header row
+    reads like data, that the file looks headerless)."""
     available = list(dict.fromkeys(key for record in records for key in record))
     missing = [column for column in dict.fromkeys(columns) if column not in available]
     if missing:
         names = ", ".join(f"'{column}'" for column in missing)
+        advice = hint() if hint is not None else None
         raise DataError(
             f"{path}: missing column {names} (available columns: {', '.join(available)}); "
-            "set text_column/label_column to one of these"
+            + (f"{advice}. If it is a header, set text_column/label_column to its columns" if advice else
+               "set text_column/label_column to one of these")
         )
 
 

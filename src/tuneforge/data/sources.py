@@ -11,8 +11,9 @@ Formats and the row kinds they produce:
 csv, tsv, jsonl, json, parquet, datasets       ``text`` rows (text, raw label, group), or
                                                ``chat`` rows when the records are chats
 alpaca, sharegpt, messages                     ``chat`` rows (records from any of the above)
-text (one row per line, or per file)           ``text`` rows without label
-text_files (a folder or glob; one row a file)  ``text`` rows without label
+text (one row per line, or per file)           ``text`` rows without label (or the source's ``label``)
+text_files (a folder or glob; one row a file)  ``text`` rows without label (or the source's ``label``)
+class_folders (a folder of class subfolders)   ``text`` rows, one a file, labelled with its subfolder
 conll                                          ``tokens`` rows (one per sentence)
 parallel (``path`` + ``target_path``)          ``pair`` rows
 squad (SQuAD v1.1 JSON)                        ``qa`` rows (one per question)
@@ -28,6 +29,12 @@ confused); else the table format named by the suffix. Record formats are then to
 messages, ``conversations`` ShareGPT, and ``instruction`` + ``output`` Alpaca; anything else is a
 ``DataError`` that lists the columns found. Naming a chat format explicitly skips the guess.
 
+``class_folders`` is never guessed: a folder is ``datasets`` or ``text_files`` unless named so.
+
+A CSV/TSV without a header row is read with ``has_header: false`` (columns ``column_names``, or "0",
+"1", ... by position); when a column is missing and the header row reads like data (a label name, a
+number over a column of numbers), the error says the file looks headerless.
+
 Label values are kept raw (mapping them to indices needs every source, so it happens later).
 This module must not import torch or transformers; ``datasets`` is imported only for that format.
 """
@@ -35,21 +42,24 @@ This module must not import torch or transformers; ``datasets`` is imported only
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, model_validator
 
 from tuneforge.data import conversations, text_formats
 from tuneforge.data.conversations import DEFAULT_ROLE_MAP, InvalidConversation, json_type
 from tuneforge.data.qa import read_squad
-from tuneforge.data.readers import Triple, read_records
+from tuneforge.data.readers import (COLUMN_NAMES_NEED_NO_HEADER, DELIMITED_FORMATS, HEADERLESS_SAMPLE, Triple,
+                                    headerless_hint, read_records)
 from tuneforge.data.records import Row, content_key
 from tuneforge.data.rejects import RejectedRow
 from tuneforge.data.text_formats import SOURCE_NAME_KEY, Item, make_row
@@ -58,7 +68,7 @@ from tuneforge.sections import Section
 
 SourceFormat = Literal[
     "auto", "csv", "tsv", "jsonl", "json", "parquet", "text", "text_files", "datasets",
-    "conll", "parallel", "alpaca", "sharegpt", "messages", "squad",
+    "conll", "parallel", "alpaca", "sharegpt", "messages", "squad", "class_folders",
 ]  # fmt: skip
 FORMATS: tuple[str, ...] = get_args(SourceFormat)
 RECORD_FORMATS = ("csv", "tsv", "jsonl", "json", "parquet", "datasets")
@@ -81,8 +91,12 @@ _APPLIES_TO: dict[str, tuple[str, ...]] = {
     "split": ("datasets",) + CHAT_FORMATS,
     "instruction_column": ("alpaca",),
     "output_column": ("alpaca",),
+    "has_header": DELIMITED_FORMATS,
+    "column_names": DELIMITED_FORMATS,
+    "label": ("text", "text_files") + RECORD_FORMATS,
 }
 _GLOB = re.compile(r"[*?\[]")
+_INDEX = re.compile(r"[0-9]+")  # a class_folders subfolder named by a class index
 _DATASET_MARKERS = ("state.json", "dataset_dict.json")
 # How a SQuAD file opens: {"version": ..., "data": [{"title": ..., "paragraphs": [...
 # Every SQuAD release puts "paragraphs" within the first article's first few keys.
@@ -91,6 +105,8 @@ _SQUAD_SNIFF_BYTES = 8192
 #: The one group_column a squad source takes: the paragraph, so that no context is both trained on
 #: and asked about in validation (SQuAD rows have no other columns to group by).
 SQUAD_GROUP = "context"
+
+log = logging.getLogger(__name__)
 
 
 class SourceConfig(Section):
@@ -170,9 +186,23 @@ class SourceConfig(Section):
     max_rows: int | None = Field(
         None, ge=1, description="Stop reading after this many good rows (rejects met on the way still count)."
     )
+    has_header: bool = Field(
+        True, description="csv/tsv only: the first line names the columns. false: every line is data; the "
+        "columns are column_names, or without them \"0\", \"1\", ... by position (text_column: \"0\")."
+    )
+    column_names: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, min_length=1, description="csv/tsv with has_header: false: a name per column, in order, e.g. "
+        "[sentence, label]; text_column and label_column then name two of them."
+    )
+    label: str | None = Field(
+        None, min_length=1, description="Classification only: the class of every row of this source (one file "
+        "per class: {path: reviews.pos, format: text, label: positive}). Not with a label column in the file."
+    )
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "SourceConfig":
+        if self.format == "class_folders" and self.label is not None:
+            raise ValueError("format class_folders takes each row's label from its subfolder's name; remove label")
         if self.format == "parallel" and self.target_path is None:
             raise ValueError("format 'parallel' needs target_path (the target-language file; path is the source)")
         if self.format != "auto":
@@ -196,6 +226,19 @@ class SourceConfig(Section):
                              f"'{structured}'")
         if "assistant" not in self.role_map.values():
             raise ValueError("role_map maps no role to 'assistant': every chat row would be rejected")
+        if self.column_names is not None:
+            if self.has_header:
+                raise ValueError(COLUMN_NAMES_NEED_NO_HEADER)
+            dupes = sorted({n for n in self.column_names if self.column_names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"column_names has duplicates: {', '.join(dupes)}")
+        if self.label is not None:
+            if "label_column" in self.model_fields_set and self.label_column is not None:
+                raise ValueError("label and label_column exclude each other: label gives every row of this source "
+                                 "the same class, label_column reads each row's class from the file; remove one")
+            if structured is not None:
+                raise ValueError(f"label is set, but {'target' if self.target_column else 'tags'}_column "
+                                 f"'{structured}' makes rows without a label; remove label")
         return self
 
 
@@ -295,12 +338,15 @@ def _record_container(path: Path, fmt: str) -> str:
 # ------------------------------------------------------------------------------------ reading
 
 
-def iter_source(cfg: SourceConfig, base_dir: Path | None = None) -> Iterator[Item]:
+def iter_source(cfg: SourceConfig, base_dir: Path | None = None,
+                label_names: list[str] | None = None) -> Iterator[Item]:
     """Stream ``cfg``'s rows and rejects in file order.
 
     File-level problems (missing path, unknown format, empty/binary file, a field that does not
     apply) raise ``DataError`` here, at the call; rows are read lazily. A configured column missing
-    from the first record raises ``DataError`` on the first ``next()``.
+    from the first record raises ``DataError`` on the first ``next()``. ``label_names`` (the
+    recipe's ``data.label_names``) pick the subfolders of ``class_folders`` and help tell a
+    headerless CSV/TSV; labels themselves are checked later.
     """
     path = resolve_path(cfg.path, base_dir)
     if not path.exists() and not is_glob(path):
@@ -309,12 +355,24 @@ def iter_source(cfg: SourceConfig, base_dir: Path | None = None) -> Iterator[Ite
     problem = inapplicable_fields(cfg, fmt)
     if problem:
         raise DataError(f"source {source_name(cfg)}: {problem}")
-    items = _open_source(cfg, fmt, path, base_dir)
+    items = _open_source(cfg, fmt, path, base_dir, label_names)
+    if cfg.label is not None:
+        items = _with_label(items, cfg.label)
     return _first_rows(items, cfg.max_rows) if cfg.max_rows is not None else items
 
 
-def _open_source(cfg: SourceConfig, fmt: str, path: Path, base_dir: Path | None) -> Iterator[Item]:
+def _with_label(items: Iterator[Item], label: str) -> Iterator[Item]:
+    for item in items:
+        if isinstance(item, Row) and item.kind == "text":
+            item = replace(item, data={**item.data, "label": label})
+        yield item
+
+
+def _open_source(cfg: SourceConfig, fmt: str, path: Path, base_dir: Path | None,
+                 label_names: list[str] | None = None) -> Iterator[Item]:
     name = source_name(cfg)
+    if fmt == "class_folders":
+        return read_class_folders(path, name, label_names)
     if fmt == "text":
         return text_formats.read_text(path, name, cfg.text_unit)
     if fmt == "text_files":
@@ -330,7 +388,56 @@ def _open_source(cfg: SourceConfig, fmt: str, path: Path, base_dir: Path | None)
     if fmt in CHAT_FORMATS:
         container = _record_container(path, fmt)
         return _record_items(cfg, path, _records(path, container, cfg.split), name, chat_format=fmt)
-    return _record_items(cfg, path, _records(path, fmt, cfg.split), name, chat_format=None)
+    triples = _records(path, fmt, cfg.split, cfg.has_header, cfg.column_names)
+    headerless = fmt in DELIMITED_FORMATS and cfg.has_header
+    return _record_items(cfg, path, triples, name, chat_format=None,
+                         label_names=label_names if headerless else None, sniff_header=headerless)
+
+
+# ------------------------------------------------------------------------------ class folders
+
+
+def read_class_folders(path: Path, name: str, label_names: list[str] | None = None) -> Iterator[Item]:
+    """One ``text`` row per file below each subfolder of ``path``, labelled with the subfolder's name
+    (IMDB's ``train/pos/*.txt``, ``train/neg/*.txt``; 20 Newsgroups' files without a suffix).
+
+    Files directly in ``path`` and hidden files are not read. With ``label_names``, only subfolders
+    named after a class (or named by an integer, an index) are read: IMDB's ``train/unsup`` holds
+    unlabelled reviews. A file that cannot be read as text is one rejected row.
+    """
+    if not path.is_dir():
+        raise DataError(f"format class_folders reads a folder with one subfolder per class (e.g. train/ holding "
+                        f"train/pos/*.txt and train/neg/*.txt); {path} is not a folder")
+    folders = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DataError(f"{path} has no subfolders: format class_folders reads one subfolder per class (e.g. "
+                        f"{path / 'pos'}, {path / 'neg'}), each file in it one text labelled with the subfolder's "
+                        "name")
+    if label_names is not None:
+        classes = set(label_names)
+        chosen = [f for f in folders if f.name in classes or _INDEX.fullmatch(f.name)]
+        if not chosen:
+            raise DataError(f"{path}: no subfolder is named after a class of data.label_names "
+                            f"({', '.join(label_names)}); subfolders: {', '.join(f.name for f in folders)}")
+        skipped = [f.name for f in folders if f not in chosen]
+        if skipped:
+            log.warning("%s: not reading subfolder(s) %s: not among data.label_names (%s)", path,
+                        ", ".join(skipped), ", ".join(label_names))
+        folders = chosen
+    files = [(folder.name, file) for folder in folders for file in _folder_files(folder)]
+    if not files:
+        raise DataError(f"{path}: the class subfolders {', '.join(f.name for f in folders)} hold no files")
+    return (_labelled(text_formats._document(file, name), label) for label, file in files)
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """Every file below ``folder`` (any suffix), hidden files and folders excepted, sorted."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def _labelled(item: Item, label: str) -> Item:
+    return replace(item, data={**item.data, "label": label}) if isinstance(item, Row) else item
 
 
 def _squad_items(path: Path, name: str, group_column: str | None) -> Iterator[Item]:
@@ -374,14 +481,15 @@ def _first_rows(items: Iterator[Item], limit: int) -> Iterator[Item]:
 # ------------------------------------------------------------------------------- record files
 
 
-def _records(path: Path, container: str, split: str | None) -> Iterator[Triple]:
+def _records(path: Path, container: str, split: str | None, has_header: bool = True,
+             column_names: list[str] | None = None) -> Iterator[Triple]:
     if container == "datasets":
         return _dataset_records(path, split)
     if split is not None:
         raise DataError(f"split '{split}' is set, but {path} is a {container} file, not a datasets directory")
     if container != "parquet":
         text_formats.check_text_file(path)
-    return read_records(path, container)
+    return read_records(path, container, has_header=has_header, column_names=column_names)
 
 
 def _dataset_records(path: Path, split: str | None) -> Iterator[Triple]:
@@ -416,21 +524,40 @@ Convert = Callable[[int, dict[str, Any]], Item]
 
 
 def _record_items(
-    cfg: SourceConfig, path: Path, triples: Iterator[Triple], name: str, chat_format: str | None
+    cfg: SourceConfig, path: Path, triples: Iterator[Triple], name: str, chat_format: str | None,
+    label_names: list[str] | None = None, sniff_header: bool = False,
 ) -> Iterator[Item]:
     convert: Convert | None = None
+    triples = iter(triples)
     for line, record, rejected in triples:
         if rejected is not None:
             yield rejected
             continue
         assert record is not None
         if convert is None:  # the first good record decides how every record is read
-            convert = _converter(cfg, path, line, record, name, chat_format)
+            hint = partial(_headerless_hint, cfg, record, triples, label_names) if sniff_header else None
+            convert = _converter(cfg, path, line, record, name, chat_format, hint)
         yield convert(line, record)
 
 
+def _headerless_hint(cfg: SourceConfig, first: dict[str, Any], triples: Iterator[Triple],
+                     label_names: list[str] | None) -> str | None:
+    """Whether a CSV/TSV header row (the keys of ``first``) reads like data; reads a few more records
+    to compare (only called on the way to an error, so what it consumes is not missed)."""
+    records = [first]
+    try:
+        for _, record, _ in itertools.islice(triples, HEADERLESS_SAMPLE):
+            if record is not None:
+                records.append(record)
+    except DataError:
+        pass  # the sample is only a hint
+    return headerless_hint(list(first), records, label_names=label_names, text_column=cfg.text_column,
+                           label_column=cfg.label_column)
+
+
 def _converter(
-    cfg: SourceConfig, path: Path, line: int, first: dict[str, Any], name: str, chat_format: str | None
+    cfg: SourceConfig, path: Path, line: int, first: dict[str, Any], name: str, chat_format: str | None,
+    headerless: Callable[[], str | None] | None = None,
 ) -> Convert:
     columns = ", ".join(first) or "none"
     if cfg.group_column is not None and cfg.group_column not in first:
@@ -438,9 +565,11 @@ def _converter(
     if chat_format is None and cfg.text_column not in first:
         chat_format = None if "text_column" in cfg.model_fields_set else detect_chat_format(first)
         if chat_format is None:
+            advice = headerless() if headerless is not None else None
             raise DataError(
-                f"{path}: line {line}: no column '{cfg.text_column}' (columns: {columns}); set text_column, "
-                "or format to alpaca, sharegpt or messages for chat data"
+                f"{path}: line {line}: no column '{cfg.text_column}' (columns: {columns}); "
+                + (f"{advice}. If it is a header, set text_column to one of its columns" if advice else
+                   "set text_column, or format to alpaca, sharegpt or messages for chat data")
             )
         problem = inapplicable_fields(cfg, chat_format)
         if problem:
@@ -457,9 +586,16 @@ def _converter(
         return partial(_tokens_item, cfg, path, name)
     labelled = cfg.label_column is not None and cfg.label_column in first
     if cfg.label_column is not None and not labelled and "label_column" in cfg.model_fields_set:
+        advice = headerless() if headerless is not None else None
         raise DataError(
             f"{path}: line {line}: no label_column '{cfg.label_column}' (columns: {columns}); "
-            "set label_column to null for unlabeled text"
+            + (f"{advice}. If it is a header, set label_column to one of its columns" if advice else
+               "set label_column to null for unlabeled text")
+        )
+    if labelled and cfg.label is not None:
+        raise DataError(
+            f"{path}: line {line}: label '{cfg.label}' is set for every row, but the records have a label column "
+            f"'{cfg.label_column}'; remove label, or set label_column: null to ignore the column"
         )
     return partial(_text_item, cfg, path, name, labelled)
 

@@ -258,7 +258,8 @@ def _label_names(info, spec) -> list[str] | None:
 # --------------------------------------------------------------------------------------- the rows
 
 #: Source options that describe the run's files, not how an evaluation file is read.
-_FILE_OPTIONS = {"path", "target_path", "name", "weight", "max_rows", "split", "group_column", "format"}
+_FILE_OPTIONS = {"path", "target_path", "name", "weight", "max_rows", "split", "group_column", "format", "label", "has_header",
+                 "column_names"}
 #: Formats that say what the rows are (kept for the evaluation file); the others only say how a file
 #: is stored, which the evaluation file's suffix tells.
 _CONTENT_FORMATS = ("alpaca", "sharegpt", "messages", "conll", "squad")
