@@ -10,6 +10,9 @@ import random
 import shutil
 
 import pytest
+
+from tests.unit.test_task_seq2seq import ANTONYMS, tiny_bart_dir  # noqa: F401 - a fixture
+from tests.unit.test_tasks_tiny import FILLER, PEOPLE, PLACES, _conll
 from typer.testing import CliRunner
 
 from tuneforge.cli import app
@@ -83,19 +86,6 @@ def _recipe(d: dict, *overrides: str):
 # ------------------------------------------------------------------------------------- NER, CoNLL
 
 
-PEOPLE = ["alice", "bob", "carol", "dave", "erin"]
-PLACES = ["paris", "rome", "oslo", "lima", "cairo"]
-FILLER = ["met", "visited", "saw", "in", "near", "the", "a", "with", "today", "later"]
-
-
-def _conll(path, n, rng):
-    lines = []
-    for _ in range(n):
-        for w in [rng.choice(FILLER + PEOPLE + PLACES) for _ in range(rng.randint(4, 9))]:
-            lines.append(f"{w} {'B-PER' if w in PEOPLE else 'B-LOC' if w in PLACES else 'O'}")
-        lines.append("")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def test_ner_export_scores_a_conll_file_like_its_run(tmp_path, make_recipe, one_thread):
@@ -118,27 +108,8 @@ def test_ner_export_scores_a_conll_file_like_its_run(tmp_path, make_recipe, one_
 # ------------------------------------------------------------------------------------ seq2seq, pairs
 
 
-ANTONYMS = {"big": "small", "hot": "cold", "old": "new", "fast": "slow", "good": "bad", "up": "down",
-            "open": "closed", "day": "night", "small": "big", "cold": "hot", "new": "old", "slow": "fast"}
 
 
-@pytest.fixture(scope="module")
-def tiny_bart_dir(tmp_path_factory):
-    """A 2+2-layer, 64-wide BART with a word-level tokenizer over the task's words ([SEP] ends sequences)."""
-    import torch
-    from transformers import BartConfig, BartForConditionalGeneration, BertTokenizer
-
-    out = tmp_path_factory.mktemp("tiny-bart")
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = {w: i for i, w in enumerate(specials + sorted(set(ANTONYMS) | set(ANTONYMS.values())))}
-    BertTokenizer(vocab=vocab, model_max_length=64).save_pretrained(out)
-    torch.manual_seed(0)
-    config = BartConfig(vocab_size=len(vocab), d_model=64, encoder_layers=2, decoder_layers=2,
-                        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
-                        max_position_embeddings=64, dropout=0.0, pad_token_id=0, bos_token_id=2, eos_token_id=3,
-                        decoder_start_token_id=3, forced_eos_token_id=None)
-    BartForConditionalGeneration(config).save_pretrained(out, safe_serialization=True)
-    return out
 
 
 def _pairs(path, n, rng):
