@@ -423,8 +423,10 @@ def predict(model_dir: Path = typer.Argument(..., help="An exported model direct
             base["output"] = str(output)
         summary = run_predict(load_config(PredictConfig, None, overrides, base=base))
         extra = f", {summary['truncated']} truncated" if summary["truncated"] else ""
+        why = (f" ({100 * summary['rejected_fraction']:.1f}%; most common: {summary['top_reason']})"
+               if summary["rejected"] else "")
         print(f"predicted {summary['rows']} rows{extra} -> {summary['output']}; {summary['rejected']} rejected "
-              f"-> {summary['rejected_file']}")
+              f"-> {summary['rejected_file']}{why}")
     _guard(body)
 
 

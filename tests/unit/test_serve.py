@@ -441,9 +441,11 @@ def test_predict_writes_every_row_and_rejects_rows_without_text(classifier_dir, 
                    "long " * 100 + ",neutral\n", encoding="utf-8")
     for out_name in ("out.jsonl", "out.csv"):
         out = tmp_path / out_name
-        r = CliRunner().invoke(app, ["predict", str(classifier_dir), str(src), "-o", str(out)])
+        r = CliRunner().invoke(app, ["predict", str(classifier_dir), str(src), "-o", str(out),
+                                     "max_rejected_fraction=0.5"])
         assert r.exit_code == 0, r.output
         assert f"predicted 3 rows, 1 truncated -> {out}; 1 rejected -> {tmp_path / 'out.rejected.jsonl'}" in r.output
+        assert "(25.0%; most common: 1 x no text in column 'text')" in r.output
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["label"] for r in rows] == ["positive", "negative", "neutral"]  # the gold column is kept
     assert rows[0]["predicted_scores"] == pytest.approx(
@@ -458,10 +460,16 @@ def test_predict_writes_every_row_and_rejects_rows_without_text(classifier_dir, 
     assert [r["predicted_label"] for r in table] == [r["predicted_label"] for r in rows]
     assert json.loads(table[0]["predicted_scores"]) == pytest.approx(rows[0]["predicted_scores"])
     r = CliRunner().invoke(app, ["predict", str(classifier_dir), str(src), "truncate=false", "-o",
-                                 str(tmp_path / "strict.jsonl")])
+                                 str(tmp_path / "strict.jsonl"), "max_rejected_fraction=0.5"])
     assert r.exit_code == 0 and "predicted 2 rows" in r.output
     reasons = [json.loads(line)["reason"] for line in (tmp_path / "strict.rejected.jsonl").read_text().splitlines()]
     assert "longer than the model's context (truncate=false): over 64 tokens" in reasons
+    # over the default share (1%) of rejected rows: exit 2, after writing both files, naming the key
+    r = CliRunner().invoke(app, ["predict", str(classifier_dir), str(src), "-o", str(tmp_path / "default.jsonl")])
+    assert r.exit_code == 2
+    assert "1 of 4 rows rejected (25.0% > max_rejected_fraction 1%); most common: 1 x no text in column 'text'" \
+        in r.output
+    assert (tmp_path / "default.jsonl").is_file() and (tmp_path / "default.rejected.jsonl").is_file()
 
 
 @pytest.mark.slow

@@ -40,6 +40,9 @@ class PredictConfig(Section):
                                                "with the chat template (auto: when the tokenizer has one).")
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda or cuda:N.")
     allow_pickle: bool = Field(False, description="Allow pickle (.bin) weights; they can run code when loaded.")
+    max_rejected_fraction: float = Field(
+        0.01, ge=0, le=1, description="Exit with an error (code 2) when more than this share of the rows is rejected "
+        "(no text, over the context with truncate=false); the predictions and rejected.jsonl are written first.")
 
 
 def _read_rows(cfg: PredictConfig):
@@ -149,5 +152,26 @@ def run_predict(cfg: PredictConfig) -> dict:
     _write(out, rows)
     rejects_path = out.with_name(out.stem + ".rejected.jsonl")
     write_rejected(rejects_path, rejected)
-    return {"output": str(out), "rows": len(rows), "rejected": len(rejected), "truncated": len(long),
-            "rejected_file": str(rejects_path), "task": served.task}
+    summary = {"output": str(out), "rows": len(rows), "rejected": len(rejected), "truncated": len(long),
+               "rejected_file": str(rejects_path), "task": served.task, **_rejections(rejected, len(rows))}
+    if summary["rejected_fraction"] > cfg.max_rejected_fraction:
+        from tuneforge.errors import DataError
+
+        raise DataError(
+            f"{len(rejected)} of {len(rows) + len(rejected)} rows rejected ({100 * summary['rejected_fraction']:.1f}% > "
+            f"max_rejected_fraction {cfg.max_rejected_fraction:.0%}); most common: {summary['top_reason']}. The other "
+            f"rows' predictions are in {out}, every rejected row and its reason in {rejects_path}; accept more with "
+            f"max_rejected_fraction=<share>")
+    return summary
+
+
+def _rejections(rejected: list, kept: int) -> dict:
+    """The share of rows rejected and the most common reason (``N x reason``), for the console."""
+    from collections import Counter
+
+    from tuneforge.data.report import reason_category
+
+    total = kept + len(rejected)
+    top = Counter(reason_category(r.reason) for r in rejected).most_common(1)
+    return {"rejected_fraction": len(rejected) / total if total else 0.0,
+            "top_reason": f"{top[0][1]} x {top[0][0]}" if top else None}
