@@ -108,9 +108,6 @@ class TaskSpec:
     #: the final evaluation, for ``tuneforge plan``.
     final_generation: Callable[[Any], tuple[int, int] | None] = _no_generation
 
-    def metric_direction(self, name: str) -> str | None:
-        return self.selectable.get(name)
-
     @property
     def best_metric(self) -> str:
         return self.default_metric or next(iter(self.selectable))

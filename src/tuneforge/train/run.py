@@ -15,8 +15,6 @@ from typing import Callable
 
 from tuneforge.atomic import atomic_write_json
 from tuneforge.recipe import Recipe
-from tuneforge.train.fit import schedule_steps  # noqa: F401  (re-exported: the tuner and the planner use it)
-from tuneforge.train.session import recipe_hash  # noqa: F401  (re-exported)
 
 
 @dataclass
