@@ -64,9 +64,12 @@ def _require_data(cfg, recipe: Path, where: str = "") -> None:
     from tuneforge.config_io import data_hint
     from tuneforge.errors import DataError
 
-    missing = cfg.data.missing_files()
+    from tuneforge.tasks import spec_for
+
+    missing = [(key, path, "data file") for key, path in cfg.data.missing_files()]
+    missing += [(key, path, "file") for key, path in spec_for(cfg).missing_files(cfg)]
     if missing:
-        lines = [f"{where}{key}: data file not found: {path}" for key, path in missing]
+        lines = [f"{where}{key}: {what} not found: {path}" for key, path, what in missing]
         hint = data_hint(recipe)
         if hint:
             lines.append(f"{recipe} says: {hint}")
@@ -270,6 +273,26 @@ def _print_data_summary(prepared, out: Path) -> None:
     if prepared.label_names:
         print(f"labels: {prepared.label_names}")
     print(f"report: {out / 'data_report.md'}; rejected rows: {out / 'rejected.jsonl'}")
+
+
+@app.command()
+def pairs(recipe: Path = typer.Argument(..., help="A GRPO recipe (task: grpo): its prompts, model and rewards."),
+          overrides: Optional[List[str]] = OVERRIDES,
+          out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: runs/<name>-pairs)."),
+          min_margin: float = typer.Option(0.0, "--min-margin", min=0.0, help="Skip prompts whose best and worst "
+                                           "completions' rewards differ by no more than this.")):
+    """Build chosen/rejected pairs: sample grpo.num_generations completions per prompt with the recipe's
+    model, score them with grpo.rewards, keep the best and the worst (train.jsonl, validation.jsonl), for
+    a DPO recipe (task: preference)."""
+    def body():
+        from tuneforge.tasks.pairs import build_pairs
+
+        cfg = _load(recipe, overrides)
+        _require_data(cfg, recipe)
+        target = out or cfg.output_dir / f"{cfg.name}-pairs"
+        build_pairs(cfg, target, min_margin=min_margin)
+        typer.echo(f"pairs written to {target} (train.jsonl, validation.jsonl; rewards.json, pairs_report.json)")
+    _guard(body)
 
 
 @app.command()

@@ -31,7 +31,9 @@ from tuneforge.models.scratch import ArchitectureConfig
 from tuneforge.models.tokenizer_train import TokenizerTrainConfig
 from tuneforge.sections import Section
 from tuneforge.tasks.causal_lm import CausalLMConfig
+from tuneforge.tasks.grpo import GRPOConfig
 from tuneforge.tasks.masked_lm import MaskedLMConfig
+from tuneforge.tasks.preference import PreferenceConfig
 from tuneforge.tasks.seq2seq import Seq2SeqConfig
 
 
@@ -384,12 +386,16 @@ class Recipe(Section):
                                                  description="Settings of task classification.")
     causal_lm: CausalLMConfig = Field(default_factory=CausalLMConfig,
                                       description="Settings of task causal_lm (generation-based evaluation).")
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig,
+                             description="Settings of task grpo (rewards, group size, sampling, KL penalty).")
     extractive_qa: QAConfig = Field(default_factory=QAConfig,
                                     description="Settings of task extractive_qa (context windows, answer picking).")
     seq2seq: Seq2SeqConfig = Field(default_factory=Seq2SeqConfig,
                                    description="Settings of task seq2seq (source prefix, target length, generation).")
     masked_lm: MaskedLMConfig = Field(default_factory=MaskedLMConfig,
                                       description="Settings of task masked_lm (masking rates).")
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig,
+                                         description="Settings of task preference (DPO family, KTO; docs/alignment.md).")
     train: TrainSection = Field(default_factory=TrainSection)
     export: ExportSection = Field(default_factory=ExportSection)
 

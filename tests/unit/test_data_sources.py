@@ -267,7 +267,8 @@ def test_unknown_suffix_lists_every_format(tmp_path):
         read(path)
     assert str(err.value) == (
         f"cannot tell the format of {path}: suffix '.en'; set format to one of: csv, tsv, jsonl, json, "
-        "parquet, text, text_files, datasets, conll, parallel, alpaca, sharegpt, messages, squad, class_folders"
+        "parquet, text, text_files, datasets, conll, parallel, alpaca, sharegpt, messages, squad, class_folders, "
+        "preference, kto"
     )
 
 

@@ -70,7 +70,8 @@ def test_the_recipe_refuses_an_unregistered_task_and_lists_the_registered(make_r
     with pytest.raises(RecipeError) as err:
         load_config(Recipe, None, base=data)
     assert ("task: got 'keyword': Input should be 'classification', 'regression', 'token_classification', "
-            "'causal_lm', 'extractive_qa', 'seq2seq' or 'masked_lm'") in str(err.value)
+            "'causal_lm', 'extractive_qa', 'seq2seq', 'masked_lm', 'preference', 'reward_model' or 'grpo'") \
+        in str(err.value)
 
 
 def test_a_registered_task_selects_only_its_own_metrics(make_recipe, keyword_task):

@@ -62,7 +62,14 @@ def shard(batch: list[int], rank: int, world_size: int) -> list[int]:
 #: own length (seq2seq); ``span`` a (start, end) token pair (extractive QA).
 #: ``mlm`` masked LM: ``labels`` unused (the original ids are the targets), ``Encoded.masking`` picks
 #: the predicted positions when a batch is built (``tuneforge.data.masking``).
-LABEL_KINDS = ("class", "value", "multi", "tokens", "causal", "target", "span", "mlm")
+#: Preference kinds (``Encoded.objective`` computes their loss, see ``tuneforge.tasks.preference``):
+#: ``pair`` ``input_ids``/``labels`` are the chosen sequence (prompt + reply, -100 on the prompt),
+#: ``meta["rejected_ids"]``/``meta["rejected_labels"]`` the rejected one; a batch holds the chosen rows
+#: then the rejected rows, so both go through one forward pass. ``unpaired`` one reply per example with
+#: ``meta["desirable"]`` (KTO). ``prompt`` a prompt only (GRPO: the replies are generated in the step).
+#: Optional ``meta["ref_chosen"]`` (and for pairs ``meta["ref_rejected"]``) hold the reference model's
+#: log-probs of the replies, computed once before training (full fine-tuning has no adapter to switch off).
+LABEL_KINDS = ("class", "value", "multi", "tokens", "causal", "target", "span", "mlm", "pair", "unpaired", "prompt")
 IGNORE = -100
 
 
@@ -80,12 +87,17 @@ class Encoded:
     meta: dict[str, list] = field(default_factory=dict)
     #: label kind ``mlm``: how inputs are masked (a ``tuneforge.data.masking.MaskingSpec``).
     masking: object = None
+    #: preference kinds: the loss, computed from the model and a batch (``objective.loss_sum``).
+    objective: object = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
     @property
     def lengths(self) -> list[int]:
+        """Tokens per example; a preference pair counts both of its sequences."""
+        if self.label_kind == "pair":
+            return [len(c) + len(r) for c, r in zip(self.input_ids, self.meta["rejected_ids"])]
         return [len(ids) for ids in self.input_ids]
 
     @property
@@ -99,7 +111,7 @@ class Encoded:
             return [sum(1 for t in labels[1:] if t != IGNORE) for labels in self.labels]
         if self.label_kind == "mlm":
             return [self.masking.targets(ids) for ids in self.input_ids]
-        return [1] * len(self.labels)
+        return [1] * len(self.labels)  # preference kinds: a pair, an unpaired reply or a prompt weighs 1
 
 
 def collate(encoded: Encoded, indices: list[int], pad_id: int, pad_to_multiple_of: int | None = None,
@@ -110,6 +122,8 @@ def collate(encoded: Encoded, indices: list[int], pad_id: int, pad_to_multiple_o
     leaves it None for the one fixed validation masking."""
     import torch
 
+    if encoded.label_kind in ("pair", "unpaired", "prompt"):
+        return _collate_preference(encoded, indices, pad_id)
     seqs = [encoded.input_ids[i] for i in indices]
     if encoded.label_kind == "mlm":
         from tuneforge.data.masking import mask_tokens
@@ -145,6 +159,32 @@ def collate(encoded: Encoded, indices: list[int], pad_id: int, pad_to_multiple_o
         out["end_positions"] = torch.tensor([e for _, e in labels], dtype=torch.long)
     else:
         raise ValueError(f"unknown label kind {kind!r} (known: {', '.join(LABEL_KINDS)})")
+    return out
+
+
+def _collate_preference(encoded: Encoded, indices: list[int], pad_id: int) -> dict:
+    """Right-padded ``input_ids``/``attention_mask``/``labels``: for ``pair`` the chosen rows then the
+    rejected rows (``2 * len(indices)`` rows, one forward pass for both); ``index`` the examples' indices
+    (GRPO looks up their references); reference log-probs when cached."""
+    import torch
+
+    kind, meta = encoded.label_kind, encoded.meta
+    seqs = [encoded.input_ids[i] for i in indices]
+    labels = [encoded.labels[i] for i in indices]
+    if kind == "pair":
+        seqs += [meta["rejected_ids"][i] for i in indices]
+        labels += [meta["rejected_labels"][i] for i in indices]
+    width = max(len(s) for s in seqs)
+    out = {"input_ids": _pad(seqs, width, pad_id), "attention_mask": _pad([[1] * len(s) for s in seqs], width, 0),
+           "index": torch.tensor(indices, dtype=torch.long)}
+    if kind != "prompt":
+        out["labels"] = _pad(labels, width, IGNORE)
+    if kind == "unpaired":
+        out["desirable"] = torch.tensor([bool(meta["desirable"][i]) for i in indices], dtype=torch.bool)
+    if "ref_chosen" in meta:
+        ref = [meta["ref_chosen"][i] for i in indices] + ([meta["ref_rejected"][i] for i in indices]
+                                                          if kind == "pair" else [])
+        out["ref_logps"] = torch.tensor(ref, dtype=torch.float32)
     return out
 
 

@@ -11,6 +11,13 @@ per kept document) plus a small dict for the chunk in flight, and full signature
 verify candidates) are appended to a scratch file and read back with ``pread`` for the few
 candidate pairs, so the resident memory per document is ~8 bytes x bands. Signatures and band
 choice follow datasketch exactly (see ``minhash.py``).
+
+What is compared (``dedup_texts`` / ``decontamination_texts``): deduplication compares a row's
+``content_key``; a preference row's is the whole pair, so an exact copy of a pair goes, and its
+near-duplicates are looked for only among rows with the same (normalised) prompt, by their replies
+(a long shared prompt would otherwise make every pair for it a "near-duplicate" of the first).
+Decontamination compares ``prompt_key``: a preference pair whose prompt is a held-out prompt is
+contamination whatever its replies.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import hashlib
 import os
 import tempfile
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -28,7 +35,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from tuneforge.data.minhash import band_keys, normalize_for_dedup, optimal_bands, signatures
-from tuneforge.data.records import Row, content_key
+from tuneforge.data.records import Row, content_key, prompt_key, response_key, row_label
 from tuneforge.data.rejects import RejectedRow
 from tuneforge.sections import Section
 
@@ -74,6 +81,25 @@ class DecontaminateConfig(Section):
     near: bool = Field(True, description="Also catch near copies (MinHash), not only exact ones.")
     threshold: float = Field(0.6, gt=0, le=1, description="Similarity at which a training row counts as a "
                                                           "copy of an evaluation row.")
+
+
+#: What a row is compared by: (exact text, near-duplicate text, scope). Near-duplicates are only looked
+#: for among rows of the same scope ("" = one scope for all).
+Texts = Callable[[Row], tuple[str, str, str]]
+
+
+def dedup_texts(row: Row) -> tuple[str, str, str]:
+    """Deduplication: the whole row; a preference row's replies within its prompt (module docstring)."""
+    if row.kind == "preference":
+        return content_key(row), response_key(row), prompt_key(row)
+    key = content_key(row)
+    return key, key, ""
+
+
+def decontamination_texts(row: Row) -> tuple[str, str, str]:
+    """Decontamination: a preference row's prompt (``prompt_key``), any other row's ``content_key``."""
+    key = prompt_key(row)
+    return key, key, ""
 
 
 @dataclass(frozen=True)
@@ -181,8 +207,9 @@ class DuplicateIndex:
     """
 
     def __init__(self, cfg: DedupConfig, *, threshold: float | None = None, workdir: Path | None = None,
-                 by_label: bool | None = None):
+                 by_label: bool | None = None, texts: Texts = dedup_texts):
         self.cfg = cfg
+        self.texts = texts
         self.by_label = cfg.same_label_only if by_label is None else by_label
         self.threshold = cfg.threshold if threshold is None else threshold
         self.bands, self.rows_per_band = cfg.band_layout()
@@ -221,24 +248,33 @@ class DuplicateIndex:
 
     def _keys(self, rows: Sequence[Row]) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
         """Exact hashes ``[n, 1]``, band keys ``[n, bands]`` and signatures ``[n, num_perm]``."""
-        texts = [normalize_for_dedup(content_key(r)) for r in rows]
+        compared = [self.texts(r) for r in rows]
+        texts = [normalize_for_dedup(exact) for exact, _, _ in compared]
+        near_texts = [t if near == exact else normalize_for_dedup(near) for t, (exact, near, _) in zip(texts, compared)]
         exact = bands = sigs = None
         # Mixing a hash of the label into every key makes rows with different labels never meet
         # in the index, so they are never compared (see DedupConfig.same_label_only).
         salt = None
         if self.by_label:
-            salt = np.fromiter((_exact_hash(repr(r.data.get("label"))) if r.kind == "text" else 0 for r in rows),
-                               dtype=np.uint64, count=len(rows))
+            # (a text row's class, an unpaired preference row's boolean)
+            salt = np.fromiter((_exact_hash(repr(row_label(r))) if r.kind == "text" or row_label(r) is not None
+                                else 0 for r in rows), dtype=np.uint64, count=len(rows))
         if self.cfg.exact:
             exact = np.fromiter((_exact_hash(t) for t in texts), dtype=np.uint64, count=len(texts))[:, None]
             if salt is not None:
                 exact ^= salt[:, None]
         if self.cfg.near:
-            sigs = signatures(texts, self.cfg.num_perm, self.cfg.seed, size=self.cfg.shingle_size,
+            sigs = signatures(near_texts, self.cfg.num_perm, self.cfg.seed, size=self.cfg.shingle_size,
                               unit=self.cfg.shingle_unit)
             keys = band_keys(sigs, self.bands, self.rows_per_band)
             if salt is not None:
                 keys ^= salt[:, None]
+            if any(scope for _, _, scope in compared):
+                # Near-duplicates only within a scope (a preference prompt): the scope's hash in every band
+                # key keeps rows of different scopes from ever being candidates.
+                scopes = np.fromiter((_exact_hash(normalize_for_dedup(scope)) if scope else 0
+                                      for _, _, scope in compared), dtype=np.uint64, count=len(rows))
+                keys ^= scopes[:, None]
             # 32-bit band keys halve the index; a chance key collision only adds a candidate, which
             # the full-signature check then rejects.
             bands = (keys >> np.uint64(32)).astype(np.uint32)
@@ -365,8 +401,9 @@ def decontaminate(rows: Iterable[Row], eval_sets: dict[str, Sequence[Row]], cfg:
     """Stream training ``rows``, replacing each exact/near copy of an evaluation row by a ``Duplicate``.
 
     ``eval_sets`` maps a split name ("validation", "test") to its rows; the index holds only those,
-    so training rows are compared with evaluation rows, never with each other. With
-    ``action: report`` the caller keeps the rows and only lists the hits.
+    so training rows are compared with evaluation rows, never with each other. Rows are compared by
+    ``prompt_key``: a preference row by its prompt. With ``action: report`` the caller keeps the rows
+    and only lists the hits.
     """
     if not cfg.enabled or not any(eval_sets.values()):
         yield from rows
@@ -375,7 +412,7 @@ def decontaminate(rows: Iterable[Row], eval_sets: dict[str, Sequence[Row]], cfg:
     index_cfg = base.model_copy(update={"exact": True, "near": cfg.near, "threshold": cfg.threshold,
                                         "bands": None if base.threshold != cfg.threshold else base.bands})
     # by_label=False: a dev sentence copied into training is contamination whatever its label.
-    with DuplicateIndex(index_cfg, workdir=workdir, by_label=False) as index:
+    with DuplicateIndex(index_cfg, workdir=workdir, by_label=False, texts=decontamination_texts) as index:
         for name, eval_rows in eval_sets.items():
             index.add(eval_rows, tag=name)
         yield from index.filter(rows, add=False)

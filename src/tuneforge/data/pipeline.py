@@ -40,7 +40,7 @@ from tuneforge.atomic import staged_dir
 from tuneforge.data.clean import Cleaner
 from tuneforge.data.dedup import Duplicate, decontaminate, deduplicate
 from tuneforge.data.labels import LabelChecker, label_checker
-from tuneforge.data.records import Row, content_key, dump_row, load_row, row_label, row_to_json
+from tuneforge.data.records import Row, content_key, dump_row, load_row, row_group, row_label, row_to_json
 from tuneforge.data.rejects import RejectedRow
 from tuneforge.data.report import DataReport, reason_category
 from tuneforge.data.sources import SourceConfig, apply_weights, iter_source, source_name
@@ -48,6 +48,8 @@ from tuneforge.data.split import split_indices
 from tuneforge.errors import DataError
 
 SPLITS = ("train", "validation", "test")
+#: ``TaskSpec.labels`` of the tasks that train on preference rows (DPO-style, reward models, KTO).
+PREFERENCE = "preference"
 
 
 @dataclass
@@ -96,22 +98,28 @@ class _RejectWriter:
 
 
 def prepare_dataset(data_cfg, *, seed: int, out_dir: Path, base_dir: Path | None = None,
-                    labels: str | None = "class", progress=None) -> PreparedDataset:
-    """Run the whole data stage for ``data_cfg`` (a recipe's ``DataSection``) into ``out_dir`` (replaced whole)."""
+                    labels: str | None = "class", progress=None, require_reply: bool = True) -> PreparedDataset:
+    """Run the whole data stage for ``data_cfg`` (a recipe's ``DataSection``) into ``out_dir`` (replaced whole).
+
+    ``labels`` is the task's label mode (``TaskSpec.labels``); ``"preference"``: the rows must be preference
+    rows (pairs or KTO records), and no other task takes them. ``require_reply=False`` (a task that
+    generates its replies: GRPO) keeps chats that end with a user turn, as prompts."""
     out_dir = Path(out_dir)
     with staged_dir(out_dir, keep_on=(DataError,)) as work:
         prepared = _prepare_into(work, out_dir, data_cfg, seed=seed, base_dir=base_dir, labels=labels,
-                                 progress=progress)
+                                 progress=progress, require_reply=require_reply)
     return prepared
 
 
 def _prepare_into(work: Path, out_dir: Path, data_cfg, *, seed: int, base_dir: Path | None, labels: str | None,
-                  progress) -> PreparedDataset:
+                  progress, require_reply: bool = True) -> PreparedDataset:
     """``prepare_dataset``'s body: files go to ``work`` (the staged folder), messages name ``out_dir``."""
     report = DataReport()
     rejects = _RejectWriter(work / "rejected.jsonl", report)
-    checker = label_checker(labels, data_cfg.label_names, data_cfg.label_separator,
+    # Preference rows are checked by their sources (a boolean KTO label, chosen != rejected).
+    checker = label_checker(None if labels == PREFERENCE else labels, data_cfg.label_names, data_cfg.label_separator,
                             getattr(data_cfg, "label_offset", 0))
+    stream_options = {"preference": labels == PREFERENCE, "require_reply": require_reply}
     cleaner = Cleaner(data_cfg.clean)
     read_counts: dict[str, Counter] = {}
     try:
@@ -123,15 +131,16 @@ def _prepare_into(work: Path, out_dir: Path, data_cfg, *, seed: int, base_dir: P
         duplicates: list[dict] = []
         with report.timed("read+clean+dedup"), open(spill, "w", encoding="utf-8") as fh:
             stream = _clean_stream(data_cfg.training_sources(), base_dir, cleaner, checker, rejects, report,
-                                   read_counts, progress, data_cfg.label_names)
+                                   read_counts, progress, data_cfg.label_names, **stream_options)
             for item in deduplicate(stream, data_cfg.dedup, workdir=work):
                 if isinstance(item, Duplicate):
                     rejects.write(item.rejected(), "dedup", "")
                     duplicates.append(_pair(item))
                     continue
                 fh.write(dump_row(item) + "\n")
-                split_labels.append(row_label(item) if labels == "class" else None)
-                groups.append(item.data.get("group"))
+                # A KTO row's boolean label stratifies like a class (a pair has none).
+                split_labels.append(row_label(item) if labels in ("class", PREFERENCE) else None)
+                groups.append(row_group(item))  # a preference row without group_column: its prompt
         # Label names are settled by the training rows alone: an evaluation label never seen in
         # training is rejected, not silently turned into a class the model cannot learn. Settled
         # before the reject count: 1-based class indices are refused here with their own message,
@@ -146,7 +155,7 @@ def _prepare_into(work: Path, out_dir: Path, data_cfg, *, seed: int, base_dir: P
         given = {}
         for split, source in data_cfg.evaluation_sources().items():
             rows = list(_clean_stream([source], base_dir, cleaner, checker, rejects, report, read_counts, None,
-                                      data_cfg.label_names))
+                                      data_cfg.label_names, **stream_options))
             if not rows:
                 raise DataError(f"no usable rows in the {split} file {source.path}")
             given[split] = rows
@@ -265,11 +274,12 @@ def _check_class_sources(data_cfg, labels: str | None) -> None:
 
 def _clean_stream(sources: Sequence[SourceConfig], base_dir: Path | None, cleaner: Cleaner, labels: LabelChecker | None,
                   rejects: _RejectWriter, report: DataReport, read_counts: dict[str, Counter],
-                  progress, label_names: list[str] | None = None) -> Iterator[Row]:
+                  progress, label_names: list[str] | None = None, *, preference: bool = False,
+                  require_reply: bool = True) -> Iterator[Row]:
     for source in sources:
         name = source_name(source)
         counts = read_counts.setdefault(name, Counter())
-        for item in iter_source(source, base_dir, label_names):
+        for item in iter_source(source, base_dir, label_names, require_reply=require_reply):
             counts["read"] += 1
             if progress is not None:
                 progress()
@@ -277,6 +287,8 @@ def _clean_stream(sources: Sequence[SourceConfig], base_dir: Path | None, cleane
                 counts["rejected"] += 1
                 rejects.write(item, "read", name)
                 continue
+            if (item.kind == PREFERENCE) != preference:
+                raise DataError(_kind_mismatch(name, item, preference))
             if labels is not None and item.kind == labels.kind:
                 checked = labels.check(item)
                 if isinstance(checked, str):
@@ -290,6 +302,19 @@ def _clean_stream(sources: Sequence[SourceConfig], base_dir: Path | None, cleane
                 rejects.write(cleaned, "clean", name)
                 continue
             yield cleaned
+
+
+def _kind_mismatch(name: str, row: Row, preference: bool) -> str:
+    """Why a source's rows do not fit the task: preference rows for another task, or the reverse."""
+    if preference:
+        return (f"source {name}: {row.origin} is a {row.kind} row, but this task trains on preference data: pairs "
+                "(prompt + chosen + rejected as in TRL; HH-RLHF's chosen/rejected transcripts; LLaMA-Factory's "
+                "conversations + chosen + rejected) or KTO records (messages, or prompt + completion, with a "
+                "boolean label); set the source's format to preference or kto if its records hold them under "
+                "these keys")
+    return (f"source {name}: {row.origin} is a preference record (chosen/rejected, or a completion with a boolean "
+            "label), which only the preference tasks (preference, reward_model) train on; use one of them, or "
+            "give this task its own kind of data")
 
 
 def _check_rejected(read_counts: dict[str, Counter], limit: float, rejects: _RejectWriter) -> None:
@@ -395,7 +420,9 @@ def _augment_train(path: Path, data_cfg, seed: int, report: DataReport, n_train:
 def row_from_output(record: dict[str, Any]) -> Row:
     """Rebuild a ``Row`` from a prepared-split record (``row_to_json``)."""
     source, _, line = record.pop("_origin").rpartition(":")
-    if "messages" in record:
+    if "prompt" in record and ("chosen" in record or "completion" in record):
+        kind = PREFERENCE
+    elif "messages" in record:
         kind = "chat"
     elif "tokens" in record:
         kind = "tokens"

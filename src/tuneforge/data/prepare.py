@@ -63,7 +63,10 @@ def prepare_task_data(data_cfg, seed: int, out_dir: Path, spec, *, progress=None
     called as rows are read."""
     from tuneforge.data.pipeline import prepare_dataset
 
-    prepared = prepare_dataset(data_cfg, seed=seed, out_dir=out_dir, labels=spec.labels, progress=progress)
+    # A task whose examples are prompts (``label_kind`` "prompt": GRPO generates the replies) keeps chats
+    # that end with a user turn; every other task rejects them (no reply to learn from).
+    prepared = prepare_dataset(data_cfg, seed=seed, out_dir=out_dir, labels=spec.labels, progress=progress,
+                               require_reply=getattr(spec, "label_kind", None) != "prompt")
     report = prepared.report
     files = {name: c["read"] for name, c in report["sources"].items()}
     given = data_cfg.validation_file
@@ -142,10 +145,14 @@ def encode_cached(tokenizer, data: PreparedData, split: str, recipe, spec, cache
         from tuneforge.data.masking import masking_spec
 
         masking = masking_spec(tokenizer, recipe)
+    meta = {k[5:]: _plain(v) for k, v in cols.items() if k.startswith("meta.")}
+    objective = spec.objective(tokenizer, recipe) if spec.objective is not None else None
+    if hasattr(objective, "for_examples"):  # per-example data the objective reads (GRPO: references)
+        objective = objective.for_examples(meta)
     return Encoded(input_ids=[list(x) for x in cols.pop("input_ids")], labels=_plain(cols.pop("labels")),
                    label_kind=spec.label_kind,
                    extra={k[6:]: _plain(v) for k, v in cols.items() if k.startswith("extra.")},
-                   meta={k[5:]: _plain(v) for k, v in cols.items() if k.startswith("meta.")}, masking=masking)
+                   meta=meta, masking=masking, objective=objective)
 
 
 def _task_settings(recipe) -> dict:

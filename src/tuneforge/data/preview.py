@@ -60,12 +60,21 @@ def render_preview(example: FormattedExample, tokenizer: Any, *, color: bool) ->
     ``color=True`` returns rich markup (trained text green, the rest dim; print it with a rich
     console); ``color=False`` wraps trained text in ``⟦ ⟧`` for logs and terminals without colour.
     """
-    runs = _segments(example.labels)
+    n, trained = len(example), example.n_trained
+    share = f" ({100 * trained / n:.1f}%)" if n else ""
+    origin = f"{example.origin}: " if example.origin else ""
+    counts = f"\n-- {origin}{n} tokens, {trained} trained{share}"
+    return _marked(tokenizer, example.input_ids, example.labels, color) + counts
+
+
+def _marked(tokenizer: Any, input_ids: list[int], labels: list[int], color: bool) -> str:
+    """The decoded tokens with the trained runs marked (rich markup with ``color``, else ``⟦ ⟧``)."""
+    runs = _segments(labels)
     parts = []
     if runs:
         from rich.markup import escape
 
-        for (_, _, is_trained), text in zip(runs, _split_text(tokenizer, example.input_ids, runs)):
+        for (_, _, is_trained), text in zip(runs, _split_text(tokenizer, list(input_ids), runs)):
             # Decoders that join tokens with spaces put the separator at the start of a run; it
             # belongs between the spans, not inside the marked one.
             body = text.lstrip() if is_trained else text
@@ -75,10 +84,7 @@ def render_preview(example: FormattedExample, tokenizer: Any, *, color: bool) ->
                 parts.append(f"{escape(gap)}[{style}]{escape(body)}[/{style}]" if body else escape(gap))
             else:
                 parts.append(gap + (f"{OPEN}{body}{CLOSE}" if is_trained and body else body))
-    n, trained = len(example), example.n_trained
-    share = f" ({100 * trained / n:.1f}%)" if n else ""
-    origin = f"{example.origin}: " if example.origin else ""
-    return "".join(parts) + f"\n-- {origin}{n} tokens, {trained} trained{share}"
+    return "".join(parts)
 
 
 # ----------------------------------------------------------------------------- encoded examples, any task
@@ -86,7 +92,7 @@ def render_preview(example: FormattedExample, tokenizer: Any, *, color: bool) ->
 
 def render_encoded(kind: str, record: dict, input_ids: list[int], labels: Any, tokenizer: Any, *,
                    label_names: list[str] | None = None, word_ids: list | None = None,
-                   max_length: int | None = None, color: bool = False) -> str:
+                   max_length: int | None = None, color: bool = False, meta: dict | None = None) -> str:
     """One encoded example (a task's ``Encoded`` row of label kind ``kind``) as the preview prints it.
 
     ``record`` is the prepared row it was encoded from (for the text of classification rows, the words of
@@ -94,7 +100,12 @@ def render_encoded(kind: str, record: dict, input_ids: list[int], labels: Any, t
     causal LM: the decoded tokens with the trained ones (labels != -100) marked (``render_preview``);
     classification, multi-label, regression: the text and the label the loss sees; token classification:
     each word with the tag its first sub-token is trained on; seq2seq: the decoded source and target;
-    extractive QA: the window and its answer span; masked LM: the decoded block. ``color``: rich markup.
+    extractive QA: the window and its answer span; masked LM: the decoded block; preference ``pair``: the
+    prompt, then the chosen reply (``input_ids``/``labels``) and the rejected one (``meta["rejected_ids"]``,
+    ``meta["rejected_labels"]``) with their trained tokens marked; ``unpaired``: the prompt and the reply,
+    desirable or not (``meta["desirable"]``); ``prompt``: the prompt replies are generated for (and
+    ``meta["reference"]``, the reference answer, when there is one). ``meta``:
+    this example's entries of the ``Encoded.meta`` columns. ``color``: rich markup.
     """
     from rich.markup import escape
 
@@ -109,6 +120,13 @@ def render_encoded(kind: str, record: dict, input_ids: list[int], labels: Any, t
     n = len(input_ids)
     if kind == "causal":
         return render_preview(FormattedExample(list(input_ids), list(labels), origin), tokenizer, color=color)
+    if kind in ("pair", "unpaired"):
+        return _render_preference(kind, list(input_ids), list(labels), tokenizer, meta or {}, origin, color)
+    if kind == "prompt":  # GRPO: the replies are generated in the step; a reference answer, when given
+        reference = (meta or {}).get("reference")
+        return (plain(_decode(tokenizer, list(input_ids))) + "\n"
+                + (styled(f"reference: {reference}", "bold") + "\n" if reference else "")
+                + plain(f"-- {origin}: {n} prompt tokens; the replies are generated during training"))
     if kind in ("class", "multi", "value"):
         if kind == "class":
             what = f"label: {names[labels] if 0 <= labels < len(names) else labels}"
@@ -140,6 +158,38 @@ def render_encoded(kind: str, record: dict, input_ids: list[int], labels: Any, t
                 + plain(f"-- {origin}: {n} tokens; the predicted (masked) positions are drawn when each batch is "
                         "built"))
     return plain(_decode(tokenizer, list(input_ids))) + "\n" + plain(f"-- {origin}: {n} tokens; labels: {labels!r}")
+
+
+def _prompt_length(labels: list[int]) -> int:
+    """Leading untrained tokens: the prompt of a preference sequence."""
+    return next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+
+
+def _render_preference(kind: str, input_ids: list[int], labels: list[int], tokenizer: Any, meta: dict, origin: str,
+                       color: bool) -> str:
+    """The prompt once, then each reply with its trained tokens marked, then a count line."""
+    from rich.markup import escape
+
+    def plain(text: str) -> str:
+        return escape(text) if color else text
+
+    n = int(meta.get("prompt_length", _prompt_length(labels)))
+    if kind == "pair":
+        replies = [("chosen", input_ids, labels),
+                   ("rejected", list(meta["rejected_ids"]), list(meta["rejected_labels"]))]
+    else:
+        desirable = meta.get("desirable")
+        what = "completion" if desirable is None else ("completion (desirable)" if desirable else
+                                                       "completion (undesirable)")
+        replies = [(what, input_ids, labels)]
+    lines = [plain(_decode(tokenizer, input_ids[:n]))]
+    counts = []
+    for name, ids, labs in replies:
+        lines.append(plain(f"{name}: ") + _marked(tokenizer, ids[n:], labs[n:], color))
+        trained = sum(1 for label in labs if label != IGNORE_INDEX)
+        counts.append(f"{name.split(' ')[0]} {len(ids)} tokens, {trained} trained")
+    lines.append(plain(f"-- {origin}: prompt {n} tokens; " + "; ".join(counts)))
+    return "\n".join(lines)
 
 
 def _render_tagged(record: dict, labels: list[int], word_ids: list, names: list[str], n: int, plain, styled,

@@ -5,8 +5,9 @@ row at a time, and what comes out is printed (``preview.render_encoded``): for c
 tokens with the trained ones (labels != -100) marked, which is where template and masking mistakes
 show up at a glance (a role header inside the trained span, a reply outside it, a pair trained whole);
 for classification and regression the text and its label; for token classification each word with its
-tag; for seq2seq, extractive QA and masked LM the decoded inputs and targets. Nothing is formatted here:
-a preview that re-formatted rows itself could show what training does not do.
+tag; for seq2seq, extractive QA and masked LM the decoded inputs and targets; for preference pairs the
+prompt and both replies with their trained tokens marked (KTO: the reply and whether it is desirable).
+Nothing is formatted here: a preview that re-formatted rows itself could show what training does not do.
 
 The task's spec is passed in by the caller (this package sits below ``tuneforge.tasks``).
 """
@@ -106,6 +107,9 @@ def print_preview(recipe, prepared, n: int, spec, *, color: bool | None = None) 
         for k, (ids, labels) in enumerate(zip(enc.input_ids, enc.labels)):
             if len(enc.input_ids) > 1:
                 console.print(f"(sequence {k + 1} of {len(enc.input_ids)})", markup=False, style="dim")
+            # This sequence's meta (a preference pair's rejected sequence, a KTO reply's desirability).
+            meta = {key: column[k] for key, column in enc.meta.items()
+                    if isinstance(column, (list, tuple)) and len(column) == len(enc.input_ids)}
             console.print(render_encoded(enc.label_kind, example.record, ids, labels, tokenizer,
                                          label_names=prepared.label_names, word_ids=word_ids[k],
-                                         max_length=recipe.model.max_length, color=color), markup=color)
+                                         max_length=recipe.model.max_length, color=color, meta=meta), markup=color)

@@ -11,6 +11,7 @@ Formats and the row kinds they produce:
 csv, tsv, jsonl, json, parquet, datasets       ``text`` rows (text, raw label, group), or
                                                ``chat`` rows when the records are chats
 alpaca, sharegpt, messages                     ``chat`` rows (records from any of the above)
+preference, kto                                ``preference`` rows (records from any of the above)
 text (one row per line, or per file)           ``text`` rows without label (or the source's ``label``)
 text_files (a folder or glob; one row a file)  ``text`` rows without label (or the source's ``label``)
 class_folders (a folder of class subfolders)   ``text`` rows, one a file, labelled with its subfolder
@@ -26,8 +27,14 @@ glob; for a directory ``datasets`` when it was written by ``save_to_disk``, else
 holds articles with ``"paragraphs"``: a records ``.json`` is an array, so the two cannot be
 confused); else the table format named by the suffix. Record formats are then told apart by the
 *first record*: if it has ``text_column`` the rows are text; otherwise ``messages`` means OpenAI
-messages, ``conversations`` ShareGPT, and ``instruction`` + ``output`` Alpaca; anything else is a
-``DataError`` that lists the columns found. Naming a chat format explicitly skips the guess.
+messages, ``conversations`` ShareGPT, and ``instruction`` + ``output`` Alpaca; ``chosen`` +
+``rejected`` (with ``prompt``, ``conversations`` or neither: TRL, LLaMA-Factory, HH-RLHF) is a
+preference pair, and ``label`` with ``completion`` (TRL) or with ``messages``/``conversations`` and a
+boolean value (KTO) an unpaired preference record; anything else is a ``DataError`` that lists the
+columns found. Naming a chat or preference format explicitly skips the guess.
+
+Tasks that generate their replies (``require_reply=False``, GRPO) read chats ending with a user turn as
+prompts instead of rejecting them.
 
 ``class_folders`` is never guessed: a folder is ``datasets`` or ``text_files`` unless named so.
 
@@ -68,11 +75,15 @@ from tuneforge.sections import Section
 
 SourceFormat = Literal[
     "auto", "csv", "tsv", "jsonl", "json", "parquet", "text", "text_files", "datasets",
-    "conll", "parallel", "alpaca", "sharegpt", "messages", "squad", "class_folders",
+    "conll", "parallel", "alpaca", "sharegpt", "messages", "squad", "class_folders", "preference", "kto",
 ]  # fmt: skip
 FORMATS: tuple[str, ...] = get_args(SourceFormat)
 RECORD_FORMATS = ("csv", "tsv", "jsonl", "json", "parquet", "datasets")
 CHAT_FORMATS = ("alpaca", "sharegpt", "messages")
+#: Preference records: pairs (chosen/rejected) and unpaired KTO records (a completion and a boolean label).
+PREFERENCE_FORMATS = ("preference", "kto")
+#: Formats whose records a record file (or datasets folder) holds: chats and preference records.
+CONTENT_FORMATS = CHAT_FORMATS + PREFERENCE_FORMATS
 CONLL_SUFFIXES = (".conll", ".iob", ".iob2", ".bio")
 
 # Which formats each optional field means something for. A field set explicitly for a format that
@@ -80,15 +91,15 @@ CONLL_SUFFIXES = (".conll", ".iob", ".iob2", ".bio")
 _APPLIES_TO: dict[str, tuple[str, ...]] = {
     "text_column": RECORD_FORMATS,
     "label_column": RECORD_FORMATS,
-    "group_column": RECORD_FORMATS + CHAT_FORMATS + ("squad",),
+    "group_column": RECORD_FORMATS + CONTENT_FORMATS + ("squad",),
     "target_path": ("parallel",),
     "target_column": RECORD_FORMATS,
     "tags_column": RECORD_FORMATS,
     "conll_token_column": ("conll",),
     "conll_tag_column": ("conll",),
     "text_unit": ("text",),
-    "role_map": RECORD_FORMATS + ("sharegpt", "messages"),
-    "split": ("datasets",) + CHAT_FORMATS,
+    "role_map": RECORD_FORMATS + ("sharegpt", "messages") + PREFERENCE_FORMATS,
+    "split": ("datasets",) + CONTENT_FORMATS,
     "instruction_column": ("alpaca",),
     "output_column": ("alpaca",),
     "has_header": DELIMITED_FORMATS,
@@ -122,7 +133,9 @@ class SourceConfig(Section):
     format: SourceFormat = Field(
         "auto",
         description="How to read path. auto: parallel when target_path is set, else from the path (see "
-        "tuneforge.data.sources); chat records in jsonl/json/parquet/datasets are recognised by their keys.",
+        "tuneforge.data.sources); chat and preference records in jsonl/json/parquet/datasets are recognised by "
+        "their keys. preference: chosen/rejected pairs (TRL, HH-RLHF, LLaMA-Factory); kto: a completion with a "
+        "boolean label.",
     )
     name: str | None = Field(
         None, min_length=1, description="Name used in reports and data.weights; default: the path as written."
@@ -323,7 +336,7 @@ def _is_saved_dataset(path: Path) -> bool:
 
 
 def _record_container(path: Path, fmt: str) -> str:
-    """For chat formats: which record format holds the records."""
+    """For chat and preference formats: which record format holds the records."""
     if path.is_dir():
         return "datasets"
     suffix = path.suffix.lower().lstrip(".")
@@ -339,14 +352,15 @@ def _record_container(path: Path, fmt: str) -> str:
 
 
 def iter_source(cfg: SourceConfig, base_dir: Path | None = None,
-                label_names: list[str] | None = None) -> Iterator[Item]:
+                label_names: list[str] | None = None, *, require_reply: bool = True) -> Iterator[Item]:
     """Stream ``cfg``'s rows and rejects in file order.
 
     File-level problems (missing path, unknown format, empty/binary file, a field that does not
     apply) raise ``DataError`` here, at the call; rows are read lazily. A configured column missing
     from the first record raises ``DataError`` on the first ``next()``. ``label_names`` (the
     recipe's ``data.label_names``) pick the subfolders of ``class_folders`` and help tell a
-    headerless CSV/TSV; labels themselves are checked later.
+    headerless CSV/TSV; labels themselves are checked later. ``require_reply=False`` (a task that
+    generates the replies: GRPO) keeps chats that end with a user turn, as prompts without a reference.
     """
     path = resolve_path(cfg.path, base_dir)
     if not path.exists() and not is_glob(path):
@@ -355,7 +369,7 @@ def iter_source(cfg: SourceConfig, base_dir: Path | None = None,
     problem = inapplicable_fields(cfg, fmt)
     if problem:
         raise DataError(f"source {source_name(cfg)}: {problem}")
-    items = _open_source(cfg, fmt, path, base_dir, label_names)
+    items = _open_source(cfg, fmt, path, base_dir, label_names, require_reply)
     if cfg.label is not None:
         items = _with_label(items, cfg.label)
     return _first_rows(items, cfg.max_rows) if cfg.max_rows is not None else items
@@ -369,7 +383,7 @@ def _with_label(items: Iterator[Item], label: str) -> Iterator[Item]:
 
 
 def _open_source(cfg: SourceConfig, fmt: str, path: Path, base_dir: Path | None,
-                 label_names: list[str] | None = None) -> Iterator[Item]:
+                 label_names: list[str] | None = None, require_reply: bool = True) -> Iterator[Item]:
     name = source_name(cfg)
     if fmt == "class_folders":
         return read_class_folders(path, name, label_names)
@@ -385,13 +399,15 @@ def _open_source(cfg: SourceConfig, fmt: str, path: Path, base_dir: Path | None,
         assert cfg.target_path is not None  # resolve_format only picks parallel with a target
         target = resolve_path(cfg.target_path, base_dir)
         return text_formats.read_parallel(path, target, name)
-    if fmt in CHAT_FORMATS:
+    if fmt in CONTENT_FORMATS:
         container = _record_container(path, fmt)
-        return _record_items(cfg, path, _records(path, container, cfg.split), name, chat_format=fmt)
+        return _record_items(cfg, path, _records(path, container, cfg.split), name, chat_format=fmt,
+                             require_reply=require_reply)
     triples = _records(path, fmt, cfg.split, cfg.has_header, cfg.column_names)
     headerless = fmt in DELIMITED_FORMATS and cfg.has_header
     return _record_items(cfg, path, triples, name, chat_format=None,
-                         label_names=label_names if headerless else None, sniff_header=headerless)
+                         label_names=label_names if headerless else None, sniff_header=headerless,
+                         require_reply=require_reply)
 
 
 # ------------------------------------------------------------------------------ class folders
@@ -525,7 +541,7 @@ Convert = Callable[[int, dict[str, Any]], Item]
 
 def _record_items(
     cfg: SourceConfig, path: Path, triples: Iterator[Triple], name: str, chat_format: str | None,
-    label_names: list[str] | None = None, sniff_header: bool = False,
+    label_names: list[str] | None = None, sniff_header: bool = False, require_reply: bool = True,
 ) -> Iterator[Item]:
     convert: Convert | None = None
     triples = iter(triples)
@@ -536,7 +552,7 @@ def _record_items(
         assert record is not None
         if convert is None:  # the first good record decides how every record is read
             hint = partial(_headerless_hint, cfg, record, triples, label_names) if sniff_header else None
-            convert = _converter(cfg, path, line, record, name, chat_format, hint)
+            convert = _converter(cfg, path, line, record, name, chat_format, hint, require_reply)
         yield convert(line, record)
 
 
@@ -557,7 +573,7 @@ def _headerless_hint(cfg: SourceConfig, first: dict[str, Any], triples: Iterator
 
 def _converter(
     cfg: SourceConfig, path: Path, line: int, first: dict[str, Any], name: str, chat_format: str | None,
-    headerless: Callable[[], str | None] | None = None,
+    headerless: Callable[[], str | None] | None = None, require_reply: bool = True,
 ) -> Convert:
     columns = ", ".join(first) or "none"
     if cfg.group_column is not None and cfg.group_column not in first:
@@ -573,9 +589,12 @@ def _converter(
             )
         problem = inapplicable_fields(cfg, chat_format)
         if problem:
-            raise DataError(f"{path}: records look like {chat_format} chats, but {problem}")
+            what = "records" if chat_format in PREFERENCE_FORMATS else "chats"
+            raise DataError(f"{path}: records look like {chat_format} {what}, but {problem}")
+    if chat_format in PREFERENCE_FORMATS:
+        return partial(_preference_item, cfg, path, name, chat_format)
     if chat_format is not None:
-        return partial(_chat_item, cfg, path, name, chat_format)
+        return partial(_chat_item, cfg, path, name, chat_format, require_reply)
     for column in (cfg.target_column, cfg.tags_column):
         if column is not None and column not in first:
             which = "target_column" if column == cfg.target_column else "tags_column"
@@ -601,7 +620,12 @@ def _converter(
 
 
 def detect_chat_format(record: Mapping[str, Any]) -> str | None:
-    """The chat format a record's keys identify, or None."""
+    """The chat or preference format a record's keys identify, or None (see the module docstring)."""
+    if "chosen" in record and "rejected" in record:
+        return "preference"
+    if "label" in record and ("completion" in record or (
+            isinstance(record["label"], bool) and ("messages" in record or "conversations" in record))):
+        return "kto"
     if "messages" in record:
         return "messages"
     if "conversations" in record:
@@ -693,15 +717,16 @@ def _tokens_item(cfg: SourceConfig, path: Path, name: str, line: int, record: di
 
 
 def _chat_item(
-    cfg: SourceConfig, path: Path, name: str, fmt: str, line: int, record: dict[str, Any]
+    cfg: SourceConfig, path: Path, name: str, fmt: str, require_reply: bool, line: int, record: dict[str, Any]
 ) -> Item:
     try:
         if fmt == "alpaca":
-            messages = conversations.from_alpaca(record, cfg.instruction_column, cfg.output_column)
+            messages = conversations.from_alpaca(record, cfg.instruction_column, cfg.output_column,
+                                                 require_reply=require_reply)
         elif fmt == "sharegpt":
-            messages = conversations.from_sharegpt(record, cfg.role_map)
+            messages = conversations.from_sharegpt(record, cfg.role_map, require_reply=require_reply)
         else:
-            messages = conversations.from_messages(record, cfg.role_map)
+            messages = conversations.from_messages(record, cfg.role_map, require_reply=require_reply)
     except InvalidConversation as exc:
         return _record_reject(path, line, str(exc), record)
     if cfg.group_column is not None:
@@ -709,6 +734,23 @@ def _chat_item(
         if reason is not None:
             return _record_reject(path, line, reason, record)
     return make_row("chat", {"messages": messages, "group": _group(record, cfg.group_column)}, path, line, name)
+
+
+def _preference_item(cfg: SourceConfig, path: Path, name: str, fmt: str, line: int, record: dict[str, Any]) -> Item:
+    """A ``preference`` row: a pair (format preference) or an unpaired KTO record (format kto)."""
+    try:
+        if fmt == "preference":
+            data: dict[str, Any] = conversations.from_preference(record, cfg.role_map)
+        else:
+            data = conversations.from_unpaired(record, cfg.role_map)
+    except InvalidConversation as exc:
+        return _record_reject(path, line, str(exc), record)
+    if cfg.group_column is not None:
+        reason = _value_problem(record, cfg.group_column, "group", allow_empty=True)
+        if reason is not None:
+            return _record_reject(path, line, reason, record)
+    data["group"] = _group(record, cfg.group_column)
+    return make_row("preference", data, path, line, name)
 
 
 def _text_problem(record: dict[str, Any], column: str) -> str | None:

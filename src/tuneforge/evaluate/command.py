@@ -262,7 +262,7 @@ _FILE_OPTIONS = {"path", "target_path", "name", "weight", "max_rows", "split", "
                  "column_names"}
 #: Formats that say what the rows are (kept for the evaluation file); the others only say how a file
 #: is stored, which the evaluation file's suffix tells.
-_CONTENT_FORMATS = ("alpaca", "sharegpt", "messages", "conll", "squad")
+_CONTENT_FORMATS = ("alpaca", "sharegpt", "messages", "conll", "squad", "preference", "kto")
 _COLUMN_OPTIONS = ("text_column", "label_column", "target_column", "tags_column")
 _RECORD_FILES = ("csv", "tsv", "jsonl", "json", "parquet")
 

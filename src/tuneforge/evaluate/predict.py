@@ -96,7 +96,8 @@ def _predict_batch(model, encoded: Encoded, indices: list[int], pad_id: int, dev
     try:
         batch = {k: v.to(device) for k, v in collate(encoded, indices, pad_id).items()}
         with autocast(precision, device.type):
-            loss, out = forward_loss_sum(model, batch, encoded.label_kind, keep_top=True)
+            loss, out = forward_loss_sum(model, batch, encoded.label_kind, keep_top=True,
+                                         objective=encoded.objective)
         return float(loss), per_example(out, encoded, indices)
     except (RuntimeError, MemoryError) as err:
         if not is_out_of_memory(err):
@@ -242,6 +243,8 @@ def per_example(out, encoded: Encoded, indices: list[int]) -> list:
     """Split a batch's outputs into per-example fp32 CPU tensors, padding removed."""
     import torch
 
+    if encoded.objective is not None:  # preference kinds: the objective's numbers per example
+        return list(out.per_example.float().cpu())
     if encoded.label_kind == "span":
         both = torch.stack([out.start_logits.float(), out.end_logits.float()], dim=-1).cpu()  # [n, len, 2]
         return [both[k, : len(encoded.input_ids[i])] for k, i in enumerate(indices)]

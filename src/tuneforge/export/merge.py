@@ -12,6 +12,8 @@ leaves a half-written export where a previous good one was.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 from pathlib import Path
 
@@ -82,8 +84,17 @@ def verify_export(export_dir: Path, reference_outputs: list, encoded, *, pad_id:
     if quantized is not None:
         min_agreement, max_allowed = min(min_agreement, QUANTIZED_MIN_AGREEMENT), QUANTIZED_MAX_LOGIT_DIFF
     reloaded, reloaded_with = reload_export(export_dir, how, auto_class)
+    values = getattr(encoded.objective, "verification_values", None)
+    if values is not None:
+        # Objective-based tasks (preference, reward models): compare what the model itself computes (reply
+        # log-probs per token, scores); the reloaded export has no reference model (no adapters to switch off).
+        encoded = replace(encoded, objective=encoded.objective.without_reference())
     got = predict(reloaded, encoded, batch_size=batch_size, pad_id=pad_id, precision="fp32").outputs
-    if got:
+    if got and values is not None:
+        new, ref = values(torch.stack(got)), values(torch.stack(reference_outputs))
+        agree = (new.argmax(-1) == ref.argmax(-1)).float().mean().item() if new.size(-1) > 1 else 1.0
+        max_diff = (new - ref).abs().max().item()
+    elif got:
         new = torch.cat([g.reshape(-1, g.size(-1)) for g in got])
         ref = torch.cat([r.reshape(-1, r.size(-1)) for r in reference_outputs])
         if encoded.label_kind in ("causal", "target"):  # outputs are (top logit, top token id) per token

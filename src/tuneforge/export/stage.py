@@ -38,6 +38,7 @@ def export_model(model, tokenizer, recipe, spec, *, out: Path, reference_outputs
     from tuneforge.recipe import recipe_to_yaml
 
     refuse_foreign_files(out)
+    tokenizer = with_training_template(tokenizer, recipe)
     with staged_dir(out, keep_on=(TuneforgeError,)) as stage:
         how = write_export(model, recipe.method, tokenizer, stage)
         verification = None
@@ -57,6 +58,25 @@ def export_model(model, tokenizer, recipe, spec, *, out: Path, reference_outputs
 
             raise_if_failed(onnx_report, out / "onnx")  # after the card: a failed check leaves a complete folder
     return ExportResult(export_dir=out, how=how, verification=verification, onnx=onnx_report)
+
+
+def with_training_template(tokenizer, recipe):
+    """The tokenizer carrying the chat template training rendered chats with (``data.formatting.template``
+    naming one, e.g. chatml on a base model without its own), so that serving, GRPO's reward models and
+    users' ``apply_chat_template`` format prompts as the model saw them; a copy, the caller's is untouched."""
+    import copy
+
+    from tuneforge.data.templates import AUTO_NAMES, resolve_template
+
+    name = recipe.data.formatting.template
+    if name in AUTO_NAMES:
+        return tokenizer
+    template = resolve_template(tokenizer, name)
+    if getattr(tokenizer, "chat_template", None) == template:
+        return tokenizer
+    out = copy.copy(tokenizer)
+    out.chat_template = template
+    return out
 
 
 #: what an export lists as its own files (written last into the folder): a later export may replace those

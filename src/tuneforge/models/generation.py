@@ -118,6 +118,73 @@ def generate_from_messages(
                              progress)
 
 
+def generate_ids(
+    model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, *,
+    num_return_sequences: int = 1,
+) -> list[list[int]]:
+    """Token-level ``generate``, for callers that train on what was generated (GRPO): the new token ids
+    of ``num_return_sequences`` continuations of each prompt (token-id lists, e.g. rendered chat
+    prompts), prompt-major: prompt 0's continuations, then prompt 1's, ...
+
+    Each continuation ends with (and includes) its first end-of-sequence token (the model's
+    ``generation_config.eos_token_id``, else the tokenizer's), or with the token that completes a stop
+    string of ``cfg.stop``, or after ``cfg.max_new_tokens`` tokens; no padding follows it. Decoder-only
+    models only. Left padding, eval mode (each module's mode restored), seeding and inference mode as in
+    ``generate``; ``cfg.batch_size`` counts sequences (prompt copies) per ``model.generate`` call. A
+    prompt that does not fit the model's position table together with ``max_new_tokens`` is an error:
+    the caller trains on prompt + continuation as one sequence, so there is no sliding window here."""
+    import torch
+
+    if num_return_sequences < 1:
+        raise ValueError(f"num_return_sequences must be >= 1, got {num_return_sequences}")
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise TuneforgeError("generate_ids continues decoder-only prompts; this model is an encoder-decoder")
+    if not prompts:
+        return []
+    empty = [i for i, ids in enumerate(prompts) if not ids]
+    if empty:
+        raise TuneforgeError(f"prompt {empty[0]} has no tokens; generation needs at least one prompt token")
+    window = _position_slots(model)
+    longest = max(len(ids) for ids in prompts)
+    if window is not None and longest + cfg.max_new_tokens > window:
+        raise TuneforgeError(f"a prompt of {longest} tokens plus max_new_tokens {cfg.max_new_tokens} is more than the "
+                             f"model's {window} positions; shorten the prompts or lower max_new_tokens")
+    expanded = [list(ids) for ids in prompts for _ in range(num_return_sequences)]
+    pad_id, device, eos_ids = _pad_id(tokenizer), _device(model), _eos_ids(model, tokenizer)
+    kwargs: dict[str, Any] = dict(max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams,
+                                  do_sample=cfg.do_sample, pad_token_id=pad_id)
+    if cfg.do_sample:
+        kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
+    outputs: dict[int, list[int]] = {}
+    with _eval_mode(model), seeded(model, cfg.seed if cfg.do_sample else None), torch.inference_mode():
+        for indices in _batches(expanded, cfg.batch_size, unpadded=_ignores_positions(model)):
+            input_ids, mask = pad_ids([expanded[i] for i in indices], pad_id, left=True, device=device)
+            offset = input_ids.shape[1]
+            stopping = _stop_criteria(tokenizer, cfg.stop, offset) if cfg.stop else None
+            ids = model.generate(input_ids=input_ids, attention_mask=mask, stopping_criteria=stopping, **kwargs)
+            for i, row in zip(indices, ids[:, offset:].tolist()):
+                outputs[i] = _cut_ids(row, eos_ids, tokenizer, cfg.stop)
+    return [outputs[i] for i in range(len(expanded))]
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = getattr(tokenizer, "eos_token_id", None)
+    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None}
+
+
+def _cut_ids(row: list[int], eos_ids: set[int], tokenizer: Any, stop: Sequence[str]) -> list[int]:
+    """``row`` up to and including its first end-of-sequence token, or the token completing a stop string."""
+    end = next((k + 1 for k, token in enumerate(row) if token in eos_ids), len(row))
+    row = row[:end]
+    if stop:
+        for k in range(len(row)):
+            if any(s in tokenizer.decode(row[:k + 1], skip_special_tokens=True) for s in stop):
+                return row[:k + 1]
+    return row
+
+
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """``text`` up to (not including) the earliest occurrence of any stop string; all of it if none occurs."""
     found = [i for i in (text.find(s) for s in stop if s) if i >= 0]

@@ -47,6 +47,10 @@ def create_app(cfg: ServeConfig, served: ServedModel | None = None):
         from tuneforge.serve.encoder_routes import add_encoder_routes
 
         add_encoder_routes(app, state)
+    elif served.task == "reward_model":
+        from tuneforge.serve.score_routes import add_score_routes
+
+        add_score_routes(app, state)
     else:
         from tuneforge.serve.openai_routes import add_generation_routes
 
@@ -75,6 +79,6 @@ def create_app(cfg: ServeConfig, served: ServedModel | None = None):
 def _other_task_message(path: str, served: ServedModel) -> str | None:
     for task, endpoints in ENDPOINTS.items():
         if path in endpoints and task != served.task:
-            return (f"{path} is not served: the model is a {served.task.replace('_', ' ')} model "
-                    f"(this server has {', '.join(served.endpoints)})")
+            kind = "reward model" if served.task == "reward_model" else f"{served.task.replace('_', ' ')} model"
+            return f"{path} is not served: the model is a {kind} (this server has {', '.join(served.endpoints)})"
     return None

@@ -38,7 +38,8 @@ class ServeConfig(Section):
     max_batch_size: int = Field(32, ge=1, description="Most inputs run through the model together.")
     max_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits for more inputs once it has one.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body; larger ones get 413.")
-    max_texts: int = Field(256, ge=1, description="Most texts in one /v1/classify or /v1/tokens request.")
+    max_texts: int = Field(256, ge=1, description="Most texts in one /v1/classify, /v1/tokens or /v1/score "
+                           "request.")
     max_input_tokens: int | None = Field(None, ge=1, description="Longest input in tokens; default: the model's "
                                          "context (position embeddings, tokenizer limit). Longer inputs get 422 "
                                          "unless the request sets truncate.")

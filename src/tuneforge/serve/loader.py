@@ -15,7 +15,8 @@ from typing import Any
 from tuneforge.errors import TuneforgeError
 
 # Serving imports inference code only (no tuneforge.tasks, whose specs reach the data stage), so the kinds
-# of model it serves are its own: an export is served by its head class.
+# of model it serves are its own: an export is served by its head class, and a sequence classifier whose one
+# output is labelled "reward" (``is_reward_model``) by /v1/score.
 #: architecture suffix -> (served kind, transformers auto class)
 TASKS = {
     "ForSequenceClassification": ("classification", "AutoModelForSequenceClassification"),
@@ -27,19 +28,24 @@ ENDPOINTS = {
     "classification": ["/v1/classify"],
     "token_classification": ["/v1/tokens"],
     "causal_lm": ["/v1/completions", "/v1/chat/completions"],
+    "reward_model": ["/v1/score"],
 }
+#: The head a reward model's export declares (tuneforge's ``task: reward_model``): one output named "reward".
+#: A one-output classifier with any other label name is a regression model and stays "classification".
+REWARD_LABEL = "reward"
 
 
 @dataclass
 class ServedModel:
     id: str
-    task: str  # a key of ENDPOINTS
+    task: str  # a key of ENDPOINTS: classification, token_classification, causal_lm or reward_model
     model: Any
     tokenizer: Any
     device: Any
     max_input_tokens: int  # longest input the model reads (prompt + generated tokens for causal LMs)
     labels: list[str] = field(default_factory=list)  # label names by class index
     problem_type: str | None = None  # single_label_classification, multi_label_classification or regression
+    # (regression for reward models: their score is the raw logit)
     created: int = field(default_factory=lambda: int(time.time()))
     dtype: str = "fp32"  # compute precision: fp32, or bf16/fp16 autocast (weights stay fp32)
 
@@ -53,6 +59,16 @@ class ServedModel:
     @property
     def endpoints(self) -> list[str]:
         return ENDPOINTS[self.task]
+
+
+def is_reward_model(config) -> bool:
+    """A ``*ForSequenceClassification`` config with one output labelled "reward" (``id2label {0: "reward"}``)."""
+    id2label = getattr(config, "id2label", None) or {}
+    try:
+        names = {int(k): v for k, v in id2label.items()}
+    except (TypeError, ValueError):
+        return False
+    return getattr(config, "num_labels", None) == 1 and names == {0: REWARD_LABEL}
 
 
 def task_of(architecture: str) -> tuple[str, str]:
@@ -129,8 +145,13 @@ def load_served_model(model_dir: Path | str, *, allow_pickle: bool = False, devi
     if max_input_tokens:
         limit = min(limit, max_input_tokens)
     config = model.config
-    labels = [config.id2label[i] for i in range(config.num_labels)] if task != "causal_lm" else []
+    if task == "classification" and is_reward_model(config):
+        task = "reward_model"
+    labels = [config.id2label[i] for i in range(config.num_labels)] if task not in ("causal_lm", "reward_model") \
+        else []
     problem = getattr(config, "problem_type", None)
+    if task == "reward_model":
+        problem = "regression"  # the score is the raw logit, whatever the config says
     if task == "classification" and problem is None:
         problem = "regression" if config.num_labels == 1 else "single_label_classification"
     return ServedModel(id=model_id, task=task, model=model, tokenizer=tokenizer, device=device,

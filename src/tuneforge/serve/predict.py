@@ -132,6 +132,12 @@ def run_predict(cfg: PredictConfig) -> dict:
 
     column, records, rejected = _read_rows(cfg)
     served = load_served_model(cfg.model_dir, allow_pickle=cfg.allow_pickle, device=cfg.device)
+    if served.task == "reward_model":
+        from tuneforge.errors import TuneforgeError
+
+        raise TuneforgeError(f"{cfg.model_dir} is a reward model, which scores conversations (prompt and reply), "
+                             "not texts; tuneforge predict does not run reward models: serve it with tuneforge "
+                             "serve and POST the conversations to /v1/score")
     texts = [record[column] for _, record in records]
     encoded, long = _measure(served, texts) if texts else (None, set())
     if long and (not cfg.truncate or served.task == "causal_lm"):

@@ -14,7 +14,7 @@ from tuneforge.tasks.base import REGISTRY, FinalEvaluation, TaskSpec, register
 
 #: modules of the built-in tasks, in the order recipes' docs list them
 BUILTIN = ("classification", "regression", "token_classification", "causal_lm", "extractive_qa", "seq2seq",
-           "masked_lm")
+           "masked_lm", "preference", "reward_model", "grpo")
 
 for _name in BUILTIN:
     importlib.import_module(f"tuneforge.tasks.{_name}")

@@ -52,7 +52,7 @@ class TaskSpec:
     #: What the data stage checks and canonicalises: class names, real values, word tags, QA answer
     #: spans ("qa"); "none" for tasks whose targets are text (chat replies, translations), checked by
     #: their sources.
-    labels: Literal["class", "value", "tags", "qa", "none"]
+    labels: Literal["class", "value", "tags", "qa", "none", "preference"]
     #: ``Encoded.label_kind`` of the encoded examples (decides padding and the loss).
     label_kind: str
     #: The transformers Auto class that loads the head (training) and the export (users).
@@ -71,6 +71,14 @@ class TaskSpec:
     #: Optional ``generate_metrics(model, tokenizer, records, recipe) -> dict``: metrics that need the model
     #: to generate text (BLEU, final-answer accuracy), added to ``metrics``'.
     generate_metrics: Callable[[Any, Any, list[dict], Any], dict] | None = None
+    #: Optional ``objective(tokenizer, recipe) -> object``: for tasks whose loss is not a function of one
+    #: forward pass and fixed labels (preference pairs, GRPO), the object whose ``loss_sum(model, batch)
+    #: -> (summed loss, outputs with .per_example)`` the loop and evaluation call (``Encoded.objective``).
+    objective: Callable[[Any, Any], Any] | None = None
+    #: Optional ``before_training(model, encoded, recipe, *, device, precision, cache) -> Encoded``: run on
+    #: every split's examples with the model before its first step (preference: precomputed reference
+    #: log-probs); ``cache`` is a file in the run for what it computed (a resumed run reads it back).
+    before_training: Callable[..., Any] | None = None
 
     # --- selection and recipes
     #: Metrics a run can select its best checkpoint on / stop early on, each "max" or "min" (bigger or
@@ -83,6 +91,9 @@ class TaskSpec:
     variant: Callable[[Any], "TaskSpec | None"] | None = None
     #: ``check_recipe(recipe)``: raise ValueError for settings of this task that do not fit together.
     check_recipe: Callable[[Any], None] | None = None
+    #: ``missing_files(recipe) -> [(key, path)]``: files of the task's own settings that do not exist (GRPO's
+    #: reward models), checked with the data files before any work.
+    missing_files: Callable[[Any], list] = _never
     #: ``model.architecture`` families (from scratch) that can carry this task.
     scratch_families: tuple[str, ...] = ()
 

@@ -186,19 +186,21 @@ def compare_with_base(model, recipe, load_base, score) -> dict | None:
     return score(load_base())
 
 
-def write_comparison(base: dict, tuned: dict, out_dir, recipe) -> None:
-    """eval/base_vs_tuned.md and .json: each generation metric for the base and the tuned model."""
+def write_comparison(base: dict, tuned: dict, out_dir, recipe, scope: str | None = None) -> None:
+    """eval/base_vs_tuned.md and .json: each metric for the base and the tuned model. ``scope``: the
+    sentence saying what was measured on what (default: causal_lm's)."""
     import json
     from pathlib import Path
 
     keys = [k for k in tuned if k in base and isinstance(tuned[k], (int, float))]
     from tuneforge.tasks.metrics import METRIC_DIRECTIONS
 
-    generated = recipe.causal_lm.eval_metric != "none"
-    lines = [f"# {recipe.name}: base vs tuned", "",
-             f"Model `{recipe.model.name}`, method `{recipe.method}`. Loss and perplexity on the whole validation "
-             "split" + (f"; generation metrics on the same {recipe.causal_lm.eval_examples} validation prompts (at "
-                        "most) with the same decoding for both." if generated else "."), "",
+    if scope is None:
+        generated = recipe.causal_lm.eval_metric != "none"
+        scope = ("Loss and perplexity on the whole validation split" + (
+            f"; generation metrics on the same {recipe.causal_lm.eval_examples} validation prompts (at most) with the "
+            "same decoding for both." if generated else "."))
+    lines = [f"# {recipe.name}: base vs tuned", "", f"Model `{recipe.model.name}`, method `{recipe.method}`. {scope}", "",
              "| metric | better | base | tuned |", "|---|:---:|---:|---:|"]
     lines += [f"| {k} | {_arrow(METRIC_DIRECTIONS.get(k))} | {base[k]:.4g} | {tuned[k]:.4g} |" for k in keys]
     out = Path(out_dir)

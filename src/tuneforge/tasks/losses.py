@@ -61,14 +61,18 @@ class VocabOutput:
     top: object = None
 
 
-def forward_loss_sum(model, batch: dict, kind: str, *, keep_top: bool = False, chunk_rows: int | None = None):
+def forward_loss_sum(model, batch: dict, kind: str, *, keep_top: bool = False, chunk_rows: int | None = None,
+                     objective=None):
     """Run ``model`` on ``batch`` (as built by ``collate``) and return ``(summed loss, outputs)``.
 
     ``outputs`` is the model's output, or a ``VocabOutput`` for vocabulary-wide kinds on the chunked
     path; ``keep_top`` (evaluation) asks for the top logit per position there. ``chunk_rows``: rows
-    projected at once (None: ``loss_chunk_rows`` of the model's vocabulary size)."""
+    projected at once (None: ``loss_chunk_rows`` of the model's vocabulary size). ``objective``
+    (``Encoded.objective``): preference kinds hand the whole step to it (``objective.loss_sum``)."""
     import torch.nn.functional as F
 
+    if objective is not None:
+        return objective.loss_sum(model, batch)
     inputs = dict(batch)
     labels = inputs.pop("labels", None)
     if kind == "span":
@@ -94,6 +98,64 @@ def forward_loss_sum(model, batch: dict, kind: str, *, keep_top: bool = False, c
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE,
                                reduction="sum"), out
     raise ValueError(f"unknown label kind {kind!r}")
+
+
+def token_logps(model, input_ids, attention_mask, labels, *, chunk_rows: int | None = None):
+    """``[N, T]`` fp32 log-probability of each label token under a causal LM (0 where the label is -100):
+    position t's label is predicted from the tokens before it, like the causal-LM loss.
+
+    Computed like that loss (``chunked_cross_entropy``): the model runs with its output layer passed
+    through and only the labelled rows are projected to the vocabulary, a chunk at a time, each chunk
+    checkpointed. Preference losses need this per sequence for 2 x batch sequences: full logits of a
+    1B model with a 128k vocabulary at 2 x 8 x 1024 tokens would be 8 GB in fp32."""
+    import torch
+
+    core = unwrap(model)
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **no_cache(core)}
+    targets = next_targets(labels, "causal")
+    rows = targets != IGNORE
+    split = _verified_split(core, inputs)
+    if split is None:
+        hidden, project = model(**inputs).logits, (lambda x: x)
+    else:
+        with split.hidden_instead_of_logits():
+            hidden = model(**inputs).logits
+        project = split.project
+    hidden = hidden[:, -targets.size(1):]  # prompt-learning methods prepend virtual positions
+    chunk_rows = chunk_rows or loss_chunk_rows(vocab_size(core))
+    picked = per_row_logps(project, hidden[rows], targets[rows], chunk_rows=chunk_rows)
+    out = torch.zeros(targets.shape, dtype=torch.float32, device=picked.device)
+    out[rows] = picked
+    return out
+
+
+def sequence_logps(model, input_ids, attention_mask, labels, *, chunk_rows: int | None = None):
+    """``(sum of label-token log-probs [N], label-token count [N])`` per sequence (see ``token_logps``)."""
+    logps = token_logps(model, input_ids, attention_mask, labels, chunk_rows=chunk_rows)
+    counts = (next_targets(labels, "causal") != IGNORE).sum(dim=-1)
+    return logps.sum(dim=-1), counts
+
+
+def per_row_logps(project, hidden, targets, *, chunk_rows: int):
+    """``[rows]`` fp32 log-probability of each row's target under ``project(hidden)``, a chunk at a time;
+    with gradients on each chunk is checkpointed (its logits recomputed in the backward pass)."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    parts = []
+    for start in range(0, max(len(targets), 1), chunk_rows):
+        h, t = hidden[start:start + chunk_rows], targets[start:start + chunk_rows]
+        if torch.is_grad_enabled():
+            parts.append(checkpoint(functools.partial(_chunk_logps, project), h, t, use_reentrant=False))
+        else:
+            parts.append(_chunk_logps(project, h, t))
+    return torch.cat(parts)
+
+
+def _chunk_logps(project, h, t):
+    import torch.nn.functional as F
+
+    return -F.cross_entropy(project(h).float(), t, reduction="none")
 
 
 def loss_chunk_rows(vocab_size: int) -> int:

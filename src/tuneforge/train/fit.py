@@ -103,6 +103,10 @@ def _loop_evaluation(session, spec, data, built, val_enc, model, sharded: bool):
     rows = data.records["validation"][:cfg.eval_rows_during_training]
     encoded = val_enc if len(rows) == len(data.records["validation"]) else \
         spec.encode(rows, tokenizer, recipe, data.label_names)
+    if encoded is not val_enc and spec.before_training is not None:  # still the untrained model here
+        encoded = spec.before_training(accelerator.unwrap_model(model), encoded, recipe, device=accelerator.device,
+                                       precision=session.precision,
+                                       cache=session.run_dir / "data" / "before_training-validation-head.json")
     # Sharded parameters (FSDP): every forward is collective, so every process evaluates every row, in
     # batches of one size for all; otherwise each process takes a share of every batch.
     rank, world = (0, 1) if sharded else (accelerator.process_index, accelerator.num_processes)

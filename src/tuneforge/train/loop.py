@@ -93,7 +93,7 @@ def train_loop(inp: LoopInputs, state: TrainState) -> TrainState:
                     # Only the last micro-batch of a step all-reduces gradients; the others accumulate locally.
                     sync = contextlib.nullcontext() if i == len(window) - 1 else acc.no_sync(model)
                     with sync:
-                        loss_sum, _ = forward_loss_sum(model, batch, kind)
+                        loss_sum, _ = forward_loss_sum(model, batch, kind, objective=inp.train.objective)
                         loss = loss_sum * scale
                         acc.backward(loss)
                     local_loss += loss.detach()
@@ -121,7 +121,9 @@ def train_loop(inp: LoopInputs, state: TrainState) -> TrainState:
                                "tokens": running_tokens, "tokens_per_s": round(tok_s, 1),
                                "examples_per_s": round(ex_s, 2),
                                "tflops": float(f"{tflops:.4g}"),
-                               **({"mfu": round(mfu, 4)} if mfu is not None else {})})
+                               **({"mfu": round(mfu, 4)} if mfu is not None else {}),
+                               # what the objective measured in these steps (GRPO: rewards, KL, lengths)
+                               **_objective_stats(inp.train.objective)})
                     running.clear()
                     running_tokens = 0
                 out_of_time = deadline is not None and _past(deadline, acc)
@@ -148,6 +150,11 @@ def train_loop(inp: LoopInputs, state: TrainState) -> TrainState:
             break
     state.finished = True
     return state
+
+
+def _objective_stats(objective) -> dict:
+    pop = getattr(objective, "pop_stats", None)
+    return pop() if pop is not None else {}
 
 
 def _past(deadline: float, acc) -> bool:

@@ -77,6 +77,9 @@ def _run(session, spec, prepared: Path | None, on_evaluate) -> TrainResult:
     session.say(str(built.attention))
     train_enc = encode_cached(built.tokenizer, data, "train", recipe, spec)
     val_enc = encode_cached(built.tokenizer, data, "validation", recipe, spec)
+    if spec.before_training is not None:
+        train_enc, val_enc = (_before_training(session, spec, built, enc, split)
+                              for enc, split in ((train_enc, "train"), (val_enc, "validation")))
     fitted = fit(session, spec, data, built, train_enc, val_enc, on_evaluate=on_evaluate)
     state = fitted.state
     result = TrainResult(run_dir=session.run_dir, metrics={}, best_step=state.best_step,
@@ -92,6 +95,15 @@ def _run(session, spec, prepared: Path | None, on_evaluate) -> TrainResult:
     session.accelerator.wait_for_everyone()
     session.accelerator.end_training()
     return result
+
+
+def _before_training(session, spec, built, encoded, split: str):
+    """The task's pass over a split with the untrained model (preference: reference log-probs), kept in
+    the run's data folder so that ``--resume`` (whose model is no longer untrained) reads it back."""
+    device = session.accelerator.device
+    built.model.to(device)
+    return spec.before_training(built.model, encoded, session.recipe, device=device, precision=session.precision,
+                                cache=session.run_dir / "data" / f"before_training-{split}.json")
 
 
 def _prepare_data(session, spec, prepared: Path | None):

@@ -48,6 +48,15 @@ METRIC_DIRECTIONS: dict[str, str] = {
     "final_number_accuracy": "max",
     "answered": "max",
     "perplexity": "min",
+    # preference alignment (tuneforge.tasks.preference, reward_model, grpo)
+    "reward_accuracy": "max",
+    "reward_margin": "max",
+    "preference_accuracy": "max",
+    "chosen_logps": "max",
+    "kl": "min",
+    "pairwise_accuracy": "max",
+    "score_margin": "max",
+    "reward": "max",
     "masked_accuracy": "max",
 }
 
