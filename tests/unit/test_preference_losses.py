@@ -381,7 +381,7 @@ def test_preference_metrics_by_hand():
     # chosen ratios [1, 0] -> rewards [0.5, 0]; rejected ratios [-1, 1] -> rewards [-0.5, 0.5]
     assert m == pytest.approx({
         "rewards/chosen": 0.25, "rewards/rejected": 0.0, "rewards/accuracy": 0.5, "rewards/margin": 0.25,
-        "logps/chosen": -15.0, "logps/rejected": -15.0, "kl": (1 + 0 - 1 + 1) / 4,
+        "logps/chosen": -15.0, "logps/rejected": -15.0, "logratio": (1 + 0 - 1 + 1) / 4,
     })
     assert all(type(v) is float for v in m.values())
     # a tie (policy == reference) is not a correct ranking

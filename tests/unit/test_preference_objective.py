@@ -117,7 +117,7 @@ def test_dpo_loss_is_ln2_when_policy_equals_reference(llama):
     with torch.no_grad():
         loss, out = objective.loss_sum(llama, batch)
     assert float(loss) / 2 == pytest.approx(math.log(2), abs=1e-6)
-    assert out.per_example.shape == (2, 7)
+    assert out.per_example.shape == (2, 8)
     assert out.per_example[:, 0].tolist() == pytest.approx(logps[:2].tolist(), abs=1e-5)
 
 
@@ -136,3 +136,38 @@ def test_reference_free_losses_need_no_reference(llama):
             value, out = objective.loss_sum(llama, batch)
         assert math.isfinite(float(value))
         assert out.per_example[:, 2:4].abs().sum() == 0  # no reference: zeros
+
+
+def test_reply_kl_is_the_token_level_kl_to_the_model_with_adapters_off(lora_model, tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.tasks.losses import reply_kl
+
+    enc = _pairs()
+    batch = collate(enc, [0, 1], pad_id=0)
+    got = reply_kl(lora_model, lora_model.disable_adapter, batch["input_ids"], batch["attention_mask"],
+                   batch["labels"], chunk_rows=2)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    ids, labels = enc.input_ids + enc.meta["rejected_ids"], enc.labels + enc.meta["rejected_labels"]
+    want = []
+    with torch.no_grad():
+        for seq, lab in zip(ids, labels):
+            lp = torch.log_softmax(lora_model(input_ids=torch.tensor([seq])).logits[0].float(), dim=-1)
+            lr = torch.log_softmax(base(input_ids=torch.tensor([seq])).logits[0].float(), dim=-1)
+            kl = (lp.exp() * (lp - lr)).sum(-1)
+            positions = [t - 1 for t in range(1, len(seq)) if lab[t] != IGNORE]
+            want.append(float(kl[positions].mean()))
+    assert got.tolist() == pytest.approx(want, rel=1e-4, abs=1e-6)
+    assert min(want) > 0  # the adapters are not zero: a test that can tell
+
+
+def test_evaluation_reports_kl_only_where_measured(lora_model):
+    enc = _pairs()
+    batch = collate(enc, [0, 1], pad_id=0)
+    objective = PreferenceObjective(PreferenceConfig(), live_reference=True)
+    with torch.no_grad():
+        _, out = objective.loss_sum(lora_model, batch)
+        assert bool(torch.isfinite(out.per_example[:, 7]).all()) and float(out.per_example[:, 7].min()) > 0
+        with lora_model.disable_adapter():  # the base model scored at the final evaluation: no KL to itself
+            _, base = objective.loss_sum(lora_model, batch)
+    assert bool(torch.isnan(base.per_example[:, 7]).all())

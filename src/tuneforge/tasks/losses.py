@@ -136,6 +136,43 @@ def sequence_logps(model, input_ids, attention_mask, labels, *, chunk_rows: int 
     return logps.sum(dim=-1), counts
 
 
+def reply_kl(model, reference, input_ids, attention_mask, labels, *, chunk_rows: int | None = None):
+    """``[N]`` per sequence: the mean over its label positions of the full-vocabulary
+    KL(policy(. | prefix) || reference(. | prefix)), no gradients. ``reference()`` is a context in which
+    the model *is* the reference (PEFT's ``disable_adapter``). Exact, unlike a log-ratio of the data's
+    own tokens; both models' logits exist one chunk of rows at a time (evaluation only)."""
+    import torch
+
+    core = unwrap(model)
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **no_cache(core)}
+    targets = next_targets(labels, "causal")
+    rows = targets != IGNORE
+    split = _verified_split(core, inputs)
+
+    def hidden():
+        if split is None:
+            return core(**inputs).logits
+        with split.hidden_instead_of_logits():
+            return core(**inputs).logits
+
+    project = split.project if split is not None else (lambda x: x)
+    with torch.no_grad():
+        policy = hidden()[:, -targets.size(1):][rows]
+        with reference():
+            ref = hidden()[:, -targets.size(1):][rows]
+        chunk_rows = chunk_rows or loss_chunk_rows(vocab_size(core))
+        parts = []
+        for start in range(0, len(policy), chunk_rows):
+            lp = torch.log_softmax(project(policy[start:start + chunk_rows]).float(), dim=-1)
+            with reference():  # an adapted output layer is the reference's only inside the context
+                lr = torch.log_softmax(project(ref[start:start + chunk_rows]).float(), dim=-1)
+            parts.append((lp.exp() * (lp - lr)).sum(dim=-1))
+        per_row = torch.cat(parts) if parts else policy.new_zeros(0, dtype=torch.float32)
+        sums = torch.zeros(targets.shape, dtype=torch.float32, device=per_row.device)
+        sums[rows] = per_row
+        return sums.sum(dim=-1) / rows.sum(dim=-1).clamp(min=1)
+
+
 def per_row_logps(project, hidden, targets, *, chunk_rows: int):
     """``[rows]`` fp32 log-probability of each row's target under ``project(hidden)``, a chunk at a time;
     with gradients on each chunk is checkpointed (its logits recomputed in the backward pass)."""

@@ -133,7 +133,8 @@ def _check_rejected(rejected: list, total: int, recipe) -> None:
 @dataclass
 class PreferenceOutput:
     """Per example: [policy chosen, policy rejected, reference chosen, reference rejected, loss, chosen
-    tokens, rejected tokens] for pairs; [policy, reference, desirable, loss, tokens] for unpaired replies."""
+    tokens, rejected tokens, KL] for pairs; [policy, reference, desirable, loss, tokens, KL] for unpaired
+    replies. KL: the mean token-level KL to the reference over the reply tokens (NaN when not measured)."""
 
     per_example: object
 
@@ -157,7 +158,7 @@ class PreferenceObjective:
     def verification_values(per_example):
         """Per-token mean log-probs of the replies (``per_example`` rows as ``PreferenceOutput`` holds them):
         what an export must reproduce; means, so the tolerance does not grow with the reply length."""
-        if per_example.size(-1) == 7:  # pairs: chosen, rejected
+        if per_example.size(-1) == 8:  # pairs: chosen, rejected
             return per_example[:, 0:2] / per_example[:, 5:7].clamp(min=1)
         return per_example[:, 0:1] / per_example[:, 4:5].clamp(min=1)
 
@@ -168,9 +169,25 @@ class PreferenceObjective:
 
         logps, counts = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
         ref = self.reference(model, batch) if self.needs_reference else torch.zeros_like(logps)
+        kl = self._kl(model, batch)
         if batch["labels"].size(0) != batch["index"].size(0):
-            return self._paired(logps, ref, counts)
-        return self._unpaired(logps, ref, counts, batch["desirable"])
+            return self._paired(logps, ref, counts, kl)
+        return self._unpaired(logps, ref, counts, batch["desirable"], kl)
+
+    def _kl(self, model, batch: dict):
+        """At evaluation, with the reference at hand (adapters to switch off): the token-level KL of the
+        policy to the reference on every reply [rows]; NaN where it cannot be measured (training steps,
+        precomputed references, the base model itself)."""
+        import torch
+
+        from tuneforge.tasks.losses import reply_kl, unwrap
+
+        core = unwrap(model)
+        rows = batch["labels"].size(0)
+        if torch.is_grad_enabled() or not self.live_reference or self.reference_off \
+                or not hasattr(core, "disable_adapter") or _adapters_disabled(core):
+            return torch.full((rows,), float("nan"), device=batch["labels"].device)
+        return reply_kl(core, core.disable_adapter, batch["input_ids"], batch["attention_mask"], batch["labels"])
 
     def reference(self, model, batch: dict):
         """The reference model's summed reply log-probs [rows], no gradient."""
@@ -191,7 +208,7 @@ class PreferenceObjective:
             ref, _ = sequence_logps(core, batch["input_ids"], batch["attention_mask"], batch["labels"])
         return ref.detach()
 
-    def _paired(self, logps, ref, counts):
+    def _paired(self, logps, ref, counts, kl):
         import torch
 
         from tuneforge.tasks import preference_losses as pl
@@ -211,10 +228,11 @@ class PreferenceObjective:
                                    label_smoothing=cfg.label_smoothing)
         else:  # orpo
             losses, _ = pl.orpo_loss(avg[:n], avg[n:], -avg[:n], lam=cfg.beta)
-        per_example = torch.stack([pc, pr, rc, rr, losses, counts[:n].float(), counts[n:].float()], dim=-1)
+        per_example = torch.stack([pc, pr, rc, rr, losses, counts[:n].float(), counts[n:].float(),
+                                   (kl[:n] + kl[n:]) / 2], dim=-1)
         return losses.sum(), PreferenceOutput(per_example.detach())
 
-    def _unpaired(self, logps, ref, counts, desirable):
+    def _unpaired(self, logps, ref, counts, desirable, kl):
         import torch
 
         from tuneforge.tasks import preference_losses as pl
@@ -223,7 +241,7 @@ class PreferenceObjective:
         kl = pl.kto_kl_estimate(logps, ref)
         losses = pl.kto_loss(logps, ref, desirable, kl, beta=cfg.beta, desirable_weight=cfg.desirable_weight,
                              undesirable_weight=cfg.undesirable_weight)
-        per_example = torch.stack([logps, ref, desirable.float(), losses, counts.float()], dim=-1)
+        per_example = torch.stack([logps, ref, desirable.float(), losses, counts.float(), kl], dim=-1)
         return losses.sum(), PreferenceOutput(per_example.detach())
 
 
@@ -317,7 +335,7 @@ def metrics(preds, records: list[dict], encoded, names: list[str] | None) -> dic
     if encoded.label_kind == "unpaired":
         p, r, desirable = rows[:, 0], rows[:, 1], rows[:, 2].bool()
         reward = beta * (p - r)
-        out = {"kl": float((p - r).mean()), "logps": float(p.mean())}
+        out = {"logratio": float((p - r).mean()), "logps": float(p.mean()), **_kl_metric(rows[:, 5])}
         if desirable.any():
             out["desirable_reward"] = float(reward[desirable].mean())
         if (~desirable).any():
@@ -331,9 +349,19 @@ def metrics(preds, records: list[dict], encoded, names: list[str] | None) -> dic
     m = preference_metrics(pc, pr, rc, rr, beta=beta)
     out = {"reward_accuracy": m["rewards/accuracy"], "reward_margin": m["rewards/margin"],
            "chosen_reward": m["rewards/chosen"], "rejected_reward": m["rewards/rejected"],
-           "chosen_logps": m["logps/chosen"], "rejected_logps": m["logps/rejected"], "kl": m["kl"],
-           "preference_accuracy": float((pc > pr).float().mean())}
+           "chosen_logps": m["logps/chosen"], "rejected_logps": m["logps/rejected"],
+           # the data replies' log-ratio (what the implicit rewards are made of): not a divergence
+           "logratio": m["logratio"], "preference_accuracy": float((pc > pr).float().mean()), **_kl_metric(rows[:, 7])}
     return out
+
+
+def _kl_metric(column) -> dict:
+    """``kl``: the mean token-level KL(policy || reference) on the validation replies, where measured."""
+    import torch
+
+    if not bool(torch.isfinite(column).all()):
+        return {}
+    return {"kl": float(column.mean())}
 
 
 def summary(m: dict) -> str:

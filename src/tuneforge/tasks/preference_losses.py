@@ -398,14 +398,15 @@ def preference_metrics(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
     - ``rewards/margin``: the mean of chosen minus rejected reward;
     - ``logps/chosen``, ``logps/rejected``: the policy's sequence log-probs (a falling
       ``logps/chosen`` while the margin grows is DPO's known likelihood displacement);
-    - ``kl``: the mean over chosen and rejected completions of ``policy - ref`` log-prob. On policy
+    - ``logratio``: the mean over chosen and rejected completions of ``policy - ref`` log-prob. On policy
       samples this would be the sequence-level estimate of ``KL(policy || ref)``; on preference data
       (not sampled from the policy) it measures how far the policy has moved from the reference on
-      this data, and can be negative.
+      this data, and can be negative: it is not a divergence (the task measures the token-level KL
+      itself, ``tasks.losses.reply_kl``).
 
     Reference-free losses (SimPO, ORPO) pass zeros as ``ref_chosen`` / ``ref_rejected``; the rewards
     are then ``beta * logps``, TRL's convention for CPO/SimPO (``trl/experimental/cpo/cpo_trainer.py:746-747``),
-    and ``kl`` is just the mean log-prob, not a divergence: ignore it there.
+    and ``logratio`` is just the mean log-prob: ignore it there.
     """
     import torch
 
@@ -424,5 +425,5 @@ def preference_metrics(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
             "rewards/margin": (chosen_rewards - rejected_rewards).mean().item(),
             "logps/chosen": policy_chosen.float().mean().item(),
             "logps/rejected": policy_rejected.float().mean().item(),
-            "kl": torch.cat([chosen_ratio.reshape(-1), rejected_ratio.reshape(-1)]).mean().item(),
+            "logratio": torch.cat([chosen_ratio.reshape(-1), rejected_ratio.reshape(-1)]).mean().item(),
         }
