@@ -729,11 +729,7 @@ def _chat_item(
             messages = conversations.from_messages(record, cfg.role_map, require_reply=require_reply)
     except InvalidConversation as exc:
         return _record_reject(path, line, str(exc), record)
-    if cfg.group_column is not None:
-        reason = _value_problem(record, cfg.group_column, "group", allow_empty=True)
-        if reason is not None:
-            return _record_reject(path, line, reason, record)
-    return make_row("chat", {"messages": messages, "group": _group(record, cfg.group_column)}, path, line, name)
+    return _grouped_row(cfg, path, name, line, record, "chat", {"messages": messages})
 
 
 def _preference_item(cfg: SourceConfig, path: Path, name: str, fmt: str, line: int, record: dict[str, Any]) -> Item:
@@ -745,12 +741,17 @@ def _preference_item(cfg: SourceConfig, path: Path, name: str, fmt: str, line: i
             data = conversations.from_unpaired(record, cfg.role_map)
     except InvalidConversation as exc:
         return _record_reject(path, line, str(exc), record)
+    return _grouped_row(cfg, path, name, line, record, "preference", data)
+
+
+def _grouped_row(cfg: SourceConfig, path: Path, name: str, line: int, record: dict[str, Any], kind: str,
+                 data: dict[str, Any]) -> Item:
+    """A row of ``kind`` with the record's ``group_column`` value (a record without one is rejected)."""
     if cfg.group_column is not None:
         reason = _value_problem(record, cfg.group_column, "group", allow_empty=True)
         if reason is not None:
             return _record_reject(path, line, reason, record)
-    data["group"] = _group(record, cfg.group_column)
-    return make_row("preference", data, path, line, name)
+    return make_row(kind, {**data, "group": _group(record, cfg.group_column)}, path, line, name)
 
 
 def _text_problem(record: dict[str, Any], column: str) -> str | None:

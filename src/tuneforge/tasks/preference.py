@@ -88,10 +88,10 @@ def max_lengths(recipe) -> tuple[int, int]:
     return limit, recipe.preference.max_prompt_length or limit // 2
 
 
-def encode(records: list[dict], tokenizer, recipe, names: list[str] | None):
-    """Pairs (or KTO's unpaired replies) as token ids: prompt + reply, loss labels on the reply only."""
-    from tuneforge.data.batching import Encoded
-    from tuneforge.data.preference import PairExample, format_preference
+def format_examples(records: list[dict], tokenizer, recipe) -> list:
+    """``format_preference`` over prepared records with the recipe's chat template and lengths; rows that
+    cannot be trained on (a reply too long) count against ``data.max_rejected_fraction``."""
+    from tuneforge.data.preference import format_preference
     from tuneforge.data.rejects import RejectedRow
 
     template = _template(tokenizer, recipe)
@@ -102,6 +102,25 @@ def encode(records: list[dict], tokenizer, recipe, names: list[str] | None):
                                 max_prompt_length=prompt_limit, origin=record.get("_origin", ""))
         (rejected if isinstance(out, RejectedRow) else examples).append(out)
     _check_rejected(rejected, len(records), recipe)
+    return examples
+
+
+def pairs_encoded(examples: list, objective):
+    """Pairs as ``Encoded`` (label kind ``pair``): the chosen sequences, the rejected ones in ``meta``."""
+    from tuneforge.data.batching import Encoded
+
+    return Encoded(input_ids=[e.chosen_ids for e in examples], labels=[e.chosen_labels for e in examples],
+                   label_kind="pair", meta={"rejected_ids": [e.rejected_ids for e in examples],
+                                            "rejected_labels": [e.rejected_labels for e in examples]},
+                   objective=objective)
+
+
+def encode(records: list[dict], tokenizer, recipe, names: list[str] | None):
+    """Pairs (or KTO's unpaired replies) as token ids: prompt + reply, loss labels on the reply only."""
+    from tuneforge.data.batching import Encoded
+    from tuneforge.data.preference import PairExample
+
+    examples = format_examples(records, tokenizer, recipe)
     unpaired = recipe.preference.loss == "kto"
     kinds = {isinstance(e, PairExample) for e in examples}
     if kinds and kinds != {not unpaired}:
@@ -114,10 +133,7 @@ def encode(records: list[dict], tokenizer, recipe, names: list[str] | None):
         return Encoded(input_ids=[e.ids for e in examples], labels=[e.labels for e in examples],
                        label_kind="unpaired", meta={"desirable": [e.desirable for e in examples]},
                        objective=objective)
-    return Encoded(input_ids=[e.chosen_ids for e in examples], labels=[e.chosen_labels for e in examples],
-                   label_kind="pair", meta={"rejected_ids": [e.rejected_ids for e in examples],
-                                            "rejected_labels": [e.rejected_labels for e in examples]},
-                   objective=objective)
+    return pairs_encoded(examples, objective)
 
 
 def _check_rejected(rejected: list, total: int, recipe) -> None:

@@ -21,27 +21,15 @@ def head_kwargs(names) -> dict:
 
 def encode(records: list[dict], tokenizer, recipe, names: list[str] | None):
     """Both conversations of each pair as token ids (the labels are unused: the score is the head's)."""
-    from tuneforge.data.batching import Encoded
-    from tuneforge.data.preference import PairExample, format_preference
-    from tuneforge.data.rejects import RejectedRow
+    from tuneforge.data.preference import PairExample
     from tuneforge.errors import DataError
-    from tuneforge.tasks.preference import _check_rejected, _template, max_lengths
+    from tuneforge.tasks.preference import format_examples, pairs_encoded
 
-    template = _template(tokenizer, recipe)
-    limit, prompt_limit = max_lengths(recipe)
-    examples, rejected = [], []
-    for record in records:
-        out = format_preference(record, tokenizer, template=template, max_length=limit,
-                                max_prompt_length=prompt_limit, origin=record.get("_origin", ""))
-        (rejected if isinstance(out, RejectedRow) else examples).append(out)
-    _check_rejected(rejected, len(records), recipe)
+    examples = format_examples(records, tokenizer, recipe)
     if any(not isinstance(e, PairExample) for e in examples):
         raise DataError("task reward_model trains on chosen/rejected pairs; the data holds unpaired replies "
                         "(KTO format): see docs/alignment.md for the pair formats")
-    return Encoded(input_ids=[e.chosen_ids for e in examples], labels=[e.chosen_labels for e in examples],
-                   label_kind="pair", meta={"rejected_ids": [e.rejected_ids for e in examples],
-                                            "rejected_labels": [e.rejected_labels for e in examples]},
-                   objective=RewardObjective())
+    return pairs_encoded(examples, RewardObjective())
 
 
 @dataclass
