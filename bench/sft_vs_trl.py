@@ -29,16 +29,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _peer import REPO, count_batch_tokens, cpu_line, peak_rss_gb, report, run_side  # noqa: E402
+
 GSM8K = REPO / "data" / "external" / "gsm8k" / "train.jsonl"
 SIDES = ["tuneforge", "tuneforge-gc", "tuneforge-nopack", "tuneforge-nopack-gc", "trl-default", "trl-nogc",
          "trl-packed"]
@@ -55,10 +54,6 @@ def rows(n: int, seed: int = 42) -> list[dict]:
     lines = GSM8K.read_text(encoding="utf-8").splitlines()
     random.Random(seed).shuffle(lines)
     return [json.loads(line) for line in lines[:n]]
-
-
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # Linux: KiB
 
 
 # ------------------------------------------------------------------------------------------ tuneforge
@@ -130,17 +125,8 @@ def run_trl(args, workdir: Path, gradient_checkpointing: bool, packing: bool) ->
                     **({} if gradient_checkpointing else {"gradient_checkpointing": False}),
                     **({"packing": True} if packing else {}))
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
-    tokens = {"n": 0}
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=data, processing_class=tok, peft_config=lora)
-    collate = trainer.data_collator
-
-    def counting(features):  # real tokens of every training batch, as tuneforge counts them
-        batch = collate(features)
-        mask = batch.get("attention_mask")
-        tokens["n"] += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
-        return batch
-
-    trainer.data_collator = counting
+    tokens = count_batch_tokens(trainer)  # real tokens of every training batch, as tuneforge counts them
     out = trainer.train()
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     return {"train_seconds": out.metrics["train_runtime"], "steps": trainer.state.global_step, "losses": losses,
@@ -171,22 +157,6 @@ def summarise(r: dict) -> dict:
             "loss_last5": sum(tail) / len(tail) if tail else None}
 
 
-def cpu_line() -> str:
-    model, flags = platform.processor() or "?", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    import os
-
-    return f"{model}, {os.cpu_count()} cores, native bf16: {', '.join(native) or 'no'}"
-
-
 def table(results: list[dict], base: dict) -> list[str]:
     lines = ["| run | precision | s/step | tokens/s | vs TRL default | peak RSS | vs TRL default | "
              "loss, last 5 steps |", "|---|---|---|---|---|---|---|---|"]
@@ -210,17 +180,11 @@ def main(argv=None) -> int:
     if not GSM8K.exists():
         sys.exit(f"{GSM8K} not found: python data/fetch.py gsm8k")
     if args.worker:
-        print("RESULT " + json.dumps(worker(args.worker, args)))
+        report(worker(args.worker, args))
         return 0
     results = []
     for side in args.sides:  # one at a time: each is timed on a quiet machine
-        cmd = [sys.executable, __file__, "--worker", side, "--steps", str(args.steps), "--n", str(args.n)]
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if proc.returncode != 0 or line is None:
-            print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)
-            raise SystemExit(f"{side} failed (exit {proc.returncode})")
-        results.append(summarise(json.loads(line[len("RESULT "):])))
+        results.append(summarise(run_side(__file__, side, ["--steps", str(args.steps), "--n", str(args.n)])))
         r = results[-1]
         print(f"{side}: {r['s_per_step']:.2f} s/step, {r['tokens_per_s']} tokens/s, peak {r['peak_rss_gb']:.2f} GB, "
               f"loss {r['loss_last5']}", flush=True)
@@ -228,7 +192,6 @@ def main(argv=None) -> int:
     lines = table(results, base)
     print("\n".join(lines))
     if args.write_docs:
-        sys.path.insert(0, str(Path(__file__).parent))
         from _docs import write_section
 
         head = [f"Command: `python bench/sft_vs_trl.py --steps {args.steps} --write-docs` "

@@ -138,15 +138,22 @@ def test_reference_free_losses_need_no_reference(llama):
         assert out.per_example[:, 2:4].abs().sum() == 0  # no reference: zeros
 
 
-def test_reply_kl_is_the_token_level_kl_to_the_model_with_adapters_off(lora_model, tiny_llama_dir):
+def test_reply_stats_give_log_probs_and_the_token_level_kl_to_the_model_with_adapters_off(lora_model, tiny_llama_dir):
     from transformers import AutoModelForCausalLM
 
-    from tuneforge.tasks.losses import reply_kl
+    from tuneforge.tasks.losses import reply_stats
 
     enc = _pairs()
     batch = collate(enc, [0, 1], pad_id=0)
-    got = reply_kl(lora_model, lora_model.disable_adapter, batch["input_ids"], batch["attention_mask"],
-                   batch["labels"], chunk_rows=2)
+    policy, ref, counts, got = reply_stats(lora_model, lora_model.disable_adapter, batch["input_ids"],
+                                           batch["attention_mask"], batch["labels"], chunk_rows=2)
+    with torch.no_grad():
+        want_policy, want_counts = sequence_logps(lora_model, batch["input_ids"], batch["attention_mask"],
+                                                  batch["labels"])
+        want_ref = PreferenceObjective(PreferenceConfig(), live_reference=True).reference(lora_model, batch)
+    assert policy.tolist() == pytest.approx(want_policy.tolist(), abs=1e-4)
+    assert ref.tolist() == pytest.approx(want_ref.tolist(), abs=1e-4)
+    assert counts.tolist() == want_counts.tolist()
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
     ids, labels = enc.input_ids + enc.meta["rejected_ids"], enc.labels + enc.meta["rejected_labels"]
     want = []

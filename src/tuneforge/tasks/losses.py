@@ -136,11 +136,13 @@ def sequence_logps(model, input_ids, attention_mask, labels, *, chunk_rows: int 
     return logps.sum(dim=-1), counts
 
 
-def reply_kl(model, reference, input_ids, attention_mask, labels, *, chunk_rows: int | None = None):
-    """``[N]`` per sequence: the mean over its label positions of the full-vocabulary
-    KL(policy(. | prefix) || reference(. | prefix)), no gradients. ``reference()`` is a context in which
-    the model *is* the reference (PEFT's ``disable_adapter``). Exact, unlike a log-ratio of the data's
-    own tokens; both models' logits exist one chunk of rows at a time (evaluation only)."""
+def reply_stats(model, reference, input_ids, attention_mask, labels, *, chunk_rows: int | None = None):
+    """Evaluation of a policy against its reference in one pass of each, no gradients: per sequence
+    ``(policy log-prob sum, reference log-prob sum, label count, mean token-level KL)``, each ``[N]``.
+
+    ``reference()`` is a context in which the model *is* the reference (PEFT's ``disable_adapter``). The KL
+    is the full-vocabulary KL(policy(. | prefix) || reference(. | prefix)) at every label position, exact
+    (unlike the log-ratio of the data's own tokens); both models' logits exist one chunk of rows at a time."""
     import torch
 
     core = unwrap(model)
@@ -160,17 +162,25 @@ def reply_kl(model, reference, input_ids, attention_mask, labels, *, chunk_rows:
         policy = hidden()[:, -targets.size(1):][rows]
         with reference():
             ref = hidden()[:, -targets.size(1):][rows]
+        wanted = targets[rows]
         chunk_rows = chunk_rows or loss_chunk_rows(vocab_size(core))
-        parts = []
+        out = {"policy": [], "ref": [], "kl": []}
         for start in range(0, len(policy), chunk_rows):
+            t = wanted[start:start + chunk_rows, None]
             lp = torch.log_softmax(project(policy[start:start + chunk_rows]).float(), dim=-1)
             with reference():  # an adapted output layer is the reference's only inside the context
                 lr = torch.log_softmax(project(ref[start:start + chunk_rows]).float(), dim=-1)
-            parts.append((lp.exp() * (lp - lr)).sum(dim=-1))
-        per_row = torch.cat(parts) if parts else policy.new_zeros(0, dtype=torch.float32)
-        sums = torch.zeros(targets.shape, dtype=torch.float32, device=per_row.device)
-        sums[rows] = per_row
-        return sums.sum(dim=-1) / rows.sum(dim=-1).clamp(min=1)
+            out["policy"].append(lp.gather(-1, t)[:, 0])
+            out["ref"].append(lr.gather(-1, t)[:, 0])
+            out["kl"].append((lp.exp() * (lp - lr)).sum(dim=-1))
+        counts = rows.sum(dim=-1)
+        sums = []
+        for key in ("policy", "ref", "kl"):
+            per_row = torch.cat(out[key]) if out[key] else policy.new_zeros(0, dtype=torch.float32)
+            full = torch.zeros(targets.shape, dtype=torch.float32, device=per_row.device)
+            full[rows] = per_row
+            sums.append(full.sum(dim=-1))
+        return sums[0], sums[1], counts, sums[2] / counts.clamp(min=1)
 
 
 def per_row_logps(project, hidden, targets, *, chunk_rows: int):

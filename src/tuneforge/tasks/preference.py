@@ -181,29 +181,29 @@ class PreferenceObjective:
     def loss_sum(self, model, batch: dict):
         import torch
 
-        from tuneforge.tasks.losses import sequence_logps
+        from tuneforge.tasks.losses import reply_stats, sequence_logps, unwrap
 
-        logps, counts = sequence_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-        ref = self.reference(model, batch) if self.needs_reference else torch.zeros_like(logps)
-        kl = self._kl(model, batch)
-        if batch["labels"].size(0) != batch["index"].size(0):
+        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        core = unwrap(model)
+        if self._measures_kl(core, batch):
+            # evaluation with the reference at hand: log-probs of both models and the KL between them, from
+            # one forward pass of each
+            logps, ref, counts, kl = reply_stats(core, core.disable_adapter, ids, mask, labels)
+        else:
+            logps, counts = sequence_logps(model, ids, mask, labels)
+            ref = self.reference(model, batch) if self.needs_reference else torch.zeros_like(logps)
+            kl = torch.full_like(logps, float("nan"))  # not measured: training steps, precomputed references
+        if labels.size(0) != batch["index"].size(0):
             return self._paired(logps, ref, counts, kl)
         return self._unpaired(logps, ref, counts, batch["desirable"], kl)
 
-    def _kl(self, model, batch: dict):
-        """At evaluation, with the reference at hand (adapters to switch off): the token-level KL of the
-        policy to the reference on every reply [rows]; NaN where it cannot be measured (training steps,
-        precomputed references, the base model itself)."""
+    def _measures_kl(self, core, batch: dict) -> bool:
+        """Evaluation (no gradients) with a live reference: adapters to switch off, not switched off already
+        (the final evaluation scoring the base model), and no precomputed reference in the batch."""
         import torch
 
-        from tuneforge.tasks.losses import reply_kl, unwrap
-
-        core = unwrap(model)
-        rows = batch["labels"].size(0)
-        if torch.is_grad_enabled() or not self.live_reference or self.reference_off \
-                or not hasattr(core, "disable_adapter") or _adapters_disabled(core):
-            return torch.full((rows,), float("nan"), device=batch["labels"].device)
-        return reply_kl(core, core.disable_adapter, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        return (not torch.is_grad_enabled() and self.live_reference and self.needs_reference
+                and "ref_logps" not in batch and hasattr(core, "disable_adapter") and not _adapters_disabled(core))
 
     def reference(self, model, batch: dict):
         """The reference model's summed reply log-probs [rows], no gradient."""
@@ -254,8 +254,8 @@ class PreferenceObjective:
         from tuneforge.tasks import preference_losses as pl
 
         cfg = self.cfg
-        kl = pl.kto_kl_estimate(logps, ref)
-        losses = pl.kto_loss(logps, ref, desirable, kl, beta=cfg.beta, desirable_weight=cfg.desirable_weight,
+        baseline = pl.kto_kl_estimate(logps, ref)  # KTO's reference point z_ref (in-batch)
+        losses = pl.kto_loss(logps, ref, desirable, baseline, beta=cfg.beta, desirable_weight=cfg.desirable_weight,
                              undesirable_weight=cfg.undesirable_weight)
         per_example = torch.stack([logps, ref, desirable.float(), losses, counts.float(), kl], dim=-1)
         return losses.sum(), PreferenceOutput(per_example.detach())

@@ -402,7 +402,7 @@ def preference_metrics(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
       samples this would be the sequence-level estimate of ``KL(policy || ref)``; on preference data
       (not sampled from the policy) it measures how far the policy has moved from the reference on
       this data, and can be negative: it is not a divergence (the task measures the token-level KL
-      itself, ``tasks.losses.reply_kl``).
+      itself, ``tasks.losses.reply_stats``).
 
     Reference-free losses (SimPO, ORPO) pass zeros as ``ref_chosen`` / ``ref_rejected``; the rewards
     are then ``beta * logps``, TRL's convention for CPO/SimPO (``trl/experimental/cpo/cpo_trainer.py:746-747``),
