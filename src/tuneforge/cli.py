@@ -323,6 +323,31 @@ def evaluate(model_dir: Path = typer.Argument(..., help="An exported model direc
 
 
 @app.command()
+def compare(run_a: Path = typer.Argument(..., help="Run A (runs/<name>), the baseline; or a tuneforge evaluate "
+                                         "output folder."),
+            run_b: Path = typer.Argument(..., help="Run B, compared with A on the same examples."),
+            split: str = typer.Option("validation", "--split", help="validation or test (eval/ or eval/test/)."),
+            metric: Optional[str] = typer.Option(None, "--metric", help="Only this metric (default: every metric "
+                                                 "of the task that per-example predictions give)."),
+            json_out: bool = typer.Option(False, "--json", help="Print the comparison as JSON (for scripts).")):
+    """Is B better than A? Both runs' per-example predictions joined on the example: each metric's values,
+    the paired difference B - A with its 95% bootstrap interval, and a paired test (McNemar for accuracy,
+    paired bootstrap for F1, BLEU, ROUGE, MSE), said in words: significant at 0.05 or not."""
+    def body():
+        import json
+
+        from tuneforge.evaluate.compare import compare as run_compare
+        from tuneforge.evaluate.compare import render
+
+        result = run_compare(run_a, run_b, split=split, metric=metric)
+        if json_out:
+            print(json.dumps(result.to_json(), indent=2))
+        else:
+            render(result)
+    _guard(body)
+
+
+@app.command()
 def export(run_dir: Path = typer.Argument(..., help="A run directory (runs/<name>) with a best checkpoint."),
            overrides: Optional[List[str]] = OVERRIDES,
            export_format: Optional[str] = typer.Option(None, "--format", help="safetensors (default) or onnx: "

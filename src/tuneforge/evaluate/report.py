@@ -18,11 +18,14 @@ def write_eval_report(
     *,
     title: str = "Evaluation",
     extra: dict | None = None,
+    evidence: dict | None = None,
 ) -> dict[str, Path]:
     """Write eval.json, eval.md and confusion_matrix.png into ``out_dir`` (created if needed).
 
     ``metrics`` is the dict from ``classification_metrics``. ``extra`` (model dir, data file, ...)
-    goes into eval.json under the key ``"extra"`` and into eval.md as a key-value list.
+    goes into eval.json under the key ``"extra"`` and into eval.md as a key-value list. ``evidence``
+    (``evaluate.stage``: ``predictions``, ``ci95``, ``ci95_method``) goes into eval.json beside the
+    metrics (never over one), and eval.md shows each interval after its metric: ``0.8624 [0.839, 0.885]``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -31,12 +34,13 @@ def write_eval_report(
         "markdown": out_dir / "eval.md",
         "confusion_matrix": out_dir / "confusion_matrix.png",
     }
-    _write_text_atomic(paths["json"], _render_json(metrics, extra))
+    _write_text_atomic(paths["json"], _render_json(metrics, extra, evidence))
     if "confusion_matrix" not in metrics:  # regression, NER, generation: a table of the scalar metrics
         del paths["confusion_matrix"]
-        _write_text_atomic(paths["markdown"], render_scalar_markdown(metrics, title=title, extra=extra))
+        _write_text_atomic(paths["markdown"], render_scalar_markdown(metrics, title=title, extra=extra,
+                                                                     evidence=evidence))
         return paths
-    _write_text_atomic(paths["markdown"], render_markdown(metrics, title=title, extra=extra))
+    _write_text_atomic(paths["markdown"], render_markdown(metrics, title=title, extra=extra, evidence=evidence))
     plot_confusion_matrix(
         metrics["confusion_matrix"], metrics["label_names"], paths["confusion_matrix"],
         title=f"{title}: confusion matrix",
@@ -44,10 +48,13 @@ def write_eval_report(
     return paths
 
 
-def _render_json(metrics: dict, extra: dict | None) -> str:
+def _render_json(metrics: dict, extra: dict | None, evidence: dict | None = None) -> str:
     # Extra lives under its own key rather than merged in, so it can never overwrite a metric
-    # (e.g. a caller's "num_examples") and ``eval.json`` minus "extra" is exactly ``metrics``.
+    # (e.g. a caller's "num_examples") and ``eval.json`` minus "extra" and the evidence keys is
+    # exactly ``metrics``.
     payload = dict(metrics)
+    for key, value in (evidence or {}).items():
+        payload.setdefault(key, value)
     if extra:
         payload["extra"] = extra
     return json.dumps(payload, indent=2, default=_json_default) + "\n"
@@ -71,11 +78,13 @@ def _write_text_atomic(path: Path, text: str) -> None:
 # --------------------------------------------------------------------------- markdown
 
 
-def render_markdown(metrics: dict, *, title: str = "Evaluation", extra: dict | None = None) -> str:
+def render_markdown(metrics: dict, *, title: str = "Evaluation", extra: dict | None = None,
+                    evidence: dict | None = None) -> str:
     """The human-readable report as a Markdown string."""
     sections = [
         f"# {title}",
-        _headline(metrics),
+        _headline(metrics, _ci(evidence)),
+        _interval_note(evidence),
         _extra_list(extra),
         "## Per-class metrics\n\n" + _per_class_table(metrics),
         "## Confusion matrix\n\nRows are true labels, columns are predicted labels.\n\n"
@@ -84,11 +93,13 @@ def render_markdown(metrics: dict, *, title: str = "Evaluation", extra: dict | N
     return "\n\n".join(s for s in sections if s) + "\n"
 
 
-def render_scalar_markdown(metrics: dict, *, title: str = "Evaluation", extra: dict | None = None) -> str:
+def render_scalar_markdown(metrics: dict, *, title: str = "Evaluation", extra: dict | None = None,
+                           evidence: dict | None = None) -> str:
     """Every scalar metric in a table, and nested per-type/per-label tables when present."""
+    ci = _ci(evidence)
     rows = ["| metric | value |", "|---|---|"]
-    rows += [f"| {k} | {_fmt(v)} |" for k, v in metrics.items() if isinstance(v, (int, float))]
-    sections = [f"# {title}", _extra_list(extra), "\n".join(rows)]
+    rows += [f"| {k} | {_fmt(v)}{_interval(ci.get(k))} |" for k, v in metrics.items() if isinstance(v, (int, float))]
+    sections = [f"# {title}", _extra_list(extra), "\n".join(rows), _interval_note(evidence)]
     for key, table in metrics.items():
         if isinstance(table, dict) and table and all(isinstance(v, dict) for v in table.values()):
             cols = list(next(iter(table.values())))
@@ -105,15 +116,38 @@ def render_scalar_markdown(metrics: dict, *, title: str = "Evaluation", extra: d
     return "\n\n".join(s for s in sections if s) + "\n"
 
 
-def _headline(metrics: dict) -> str:
+def _headline(metrics: dict, ci: dict | None = None) -> str:
+    ci = ci or {}
     lines = [
-        f"- **Accuracy**: {_fmt(metrics['accuracy'])}",
-        f"- **Macro F1**: {_fmt(metrics['macro_f1'])}",
-        f"- Macro precision: {_fmt(metrics['macro_precision'])}",
-        f"- Macro recall: {_fmt(metrics['macro_recall'])}",
+        f"- **Accuracy**: {_fmt(metrics['accuracy'])}{_interval(ci.get('accuracy'))}",
+        f"- **Macro F1**: {_fmt(metrics['macro_f1'])}{_interval(ci.get('macro_f1'))}",
+        f"- Macro precision: {_fmt(metrics['macro_precision'])}{_interval(ci.get('macro_precision'))}",
+        f"- Macro recall: {_fmt(metrics['macro_recall'])}{_interval(ci.get('macro_recall'))}",
         f"- Examples: {metrics['num_examples']}",
     ]
     return "\n".join(lines)
+
+
+def _ci(evidence: dict | None) -> dict:
+    return dict((evidence or {}).get("ci95") or {})
+
+
+def _interval(bounds) -> str:
+    """`` [low, high]`` after a metric's value, or nothing where it has no interval."""
+    if not bounds:
+        return ""
+    low, high = bounds
+    digits = 2 if max(abs(low), abs(high)) >= 10 else 3
+    return f" [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _interval_note(evidence: dict | None) -> str:
+    method = (evidence or {}).get("ci95_method")
+    if not method:
+        return ""
+    return (f"In brackets: the 95% confidence interval ({method['method']} over the {method['examples']:,} "
+            f"{method['resampled']}, {method['resamples']:,} resamples, seed {method['seed']}). Two runs on the "
+            "same examples: `tuneforge compare RUN_A RUN_B` (paired test).")
 
 
 def _extra_list(extra: dict | None) -> str:
