@@ -35,12 +35,13 @@ def write_section(name: str, section_lines: list[str], report: dict) -> None:
 
 
 def portable(text: str) -> str:
-    """Drop this machine's absolute paths from a report: the repository, the venv's site-packages and
-    the temporary folder become ``<repo>``, ``<site-packages>`` and ``<tmp>``."""
+    """Drop this machine's absolute paths from a report: the repository, the venv's site-packages, the
+    shared data folder beside the checkout and the temporary folder become ``<repo>``, ``<site-packages>``,
+    ``<shared>`` and ``<tmp>``."""
     import sysconfig
     import tempfile
 
     for prefix, name in ((sysconfig.get_paths()["purelib"], "<site-packages>"), (str(ROOT), "<repo>"),
-                         (tempfile.gettempdir(), "<tmp>")):
+                         (str(ROOT.parent / "shared"), "<shared>"), (tempfile.gettempdir(), "<tmp>")):
         text = text.replace(prefix + "/", name + "/")
     return text
