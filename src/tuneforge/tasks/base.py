@@ -124,6 +124,11 @@ class TaskSpec:
         return self.default_metric or next(iter(self.selectable))
 
 
+#: Methods that train PEFT adapters on a frozen base: switching them off (``disable_adapter``) gives the
+#: base model back, which serves as the reference (preference, GRPO) and the base of base-vs-tuned reports.
+ADAPTER_METHODS = ("lora", "dora", "ia3", "prefix", "prompt")
+
+
 def label_maps(names: list[str]) -> dict:
     return {"num_labels": len(names), "id2label": dict(enumerate(names)),
             "label2id": {name: i for i, name in enumerate(names)}}

@@ -19,7 +19,7 @@ from pydantic import Field
 from tuneforge.errors import DataError
 from tuneforge.models.generation import GenerationConfig
 from tuneforge.sections import Section
-from tuneforge.tasks.base import TaskSpec, register
+from tuneforge.tasks.base import ADAPTER_METHODS, TaskSpec, register
 
 
 class CausalLMConfig(Section):
@@ -180,7 +180,7 @@ def compare_with_base(model, recipe, load_base, score) -> dict | None:
     """
     if not recipe.causal_lm.compare_with_base or recipe.model.architecture is not None:
         return None  # a model trained from scratch has no base to compare with
-    if recipe.method in ("lora", "dora", "ia3", "prefix", "prompt") and hasattr(model, "disable_adapter"):
+    if recipe.method in ADAPTER_METHODS and hasattr(model, "disable_adapter"):
         with model.disable_adapter():
             return score(model)
     return score(load_base())

@@ -53,11 +53,9 @@ from pydantic import Field, field_validator
 from tuneforge.errors import DataError, TuneforgeError
 from tuneforge.models.generation import GenerationConfig
 from tuneforge.sections import Section
-from tuneforge.tasks.base import TaskSpec, register
+from tuneforge.tasks.base import ADAPTER_METHODS, TaskSpec, register
 from tuneforge.tasks.rewards import RewardConfig, Rewards, check_unique_names, missing_models
 
-#: Methods whose weights are adapters on a frozen base: switching them off gives the reference model.
-ADAPTER_METHODS = ("lora", "dora", "ia3", "prefix", "prompt")
 #: Validation prompts shown with their completions in the metrics ("samples") and the base-vs-tuned report.
 COMPARISON_SAMPLES = 5
 NO_REWARDS = ("grpo.rewards: task grpo needs at least one reward, e.g. [{type: final_number}] (see "

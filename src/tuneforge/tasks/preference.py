@@ -28,13 +28,11 @@ from pydantic import Field, model_validator
 
 from tuneforge.errors import DataError
 from tuneforge.sections import Section
-from tuneforge.tasks.base import TaskSpec, register
+from tuneforge.tasks.base import ADAPTER_METHODS, TaskSpec, register
 from tuneforge.tasks.metrics import METRIC_DIRECTIONS
 
 #: Losses that compare the policy with a reference model.
 NEEDS_REFERENCE = ("dpo", "ipo", "robust", "kto")
-#: Methods whose weights are adapters on a frozen base: switching them off gives the reference model.
-ADAPTER_METHODS = ("lora", "dora", "ia3", "prefix", "prompt")
 
 
 class PreferenceConfig(Section):
